@@ -1,0 +1,1 @@
+"""Zarr demonstration datasets: replay buffer, padded windows, torch dataset."""

@@ -1,0 +1,1 @@
+"""MuJoCo gymnasium environments, scripted experts and batched rollouts (no torch)."""

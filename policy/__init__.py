@@ -1,0 +1,1 @@
+"""Pure-torch diffusion policy: noise schedule, temporal UNet, encoders, normalizer."""

@@ -1,0 +1,1 @@
+"""Command-line entry points that wire policy, data and envs together."""
