@@ -1,0 +1,97 @@
+"""Batched receding-horizon rollout on a tiny counting env whose every step is predictable."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from envs.rollout import rollout, summarize, wilson_interval
+
+
+class CountEnv(gym.Env):
+    """obs = {"x": [position, time]}; action moves the position; success at position >= goal."""
+
+    observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1e3, 1e3, (2,), np.float64)})
+    action_space = gym.spaces.Box(-10, 10, (1,), np.float64)
+
+    def __init__(self, render_mode=None, horizon=20):
+        self.render_mode, self.horizon = render_mode, horizon
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.goal, self.pos, self.t = float(seed % 7 + 3), 0.0, 0
+        return self._obs(), {}
+
+    def _obs(self):
+        return {"x": np.array([self.pos, self.t], dtype=np.float64)}
+
+    def step(self, action):
+        self.pos += float(action[0])
+        self.t += 1
+        success = self.pos >= self.goal
+        reward = min(1.0, self.pos / self.goal)
+        return self._obs(), reward, success, self.t >= self.horizon, {"is_success": success}
+
+    def render(self):
+        return np.full((4, 4, 3), self.t, np.uint8)
+
+
+def test_history_batching_and_receding_horizon():
+    calls = []
+
+    def policy(obs):
+        calls.append(obs["x"].copy())
+        return np.full((obs["x"].shape[0], 4, 1), 0.5)  # Ta=3 of these 4 are executed
+
+    seeds = [0, 1, 6]  # goals 3, 4, 9 -> successes after 6, 8, 18 steps
+    results = rollout(
+        policy,
+        lambda r: CountEnv("rgb_array" if r else None),
+        seeds,
+        n_obs_steps=2,
+        n_action_steps=3,
+        n_videos=1,
+    )
+    assert [r.steps for r in results] == [6, 8, 18]
+    assert all(r.success for r in results) and [r.seed for r in results] == seeds
+    # first call: the first observation repeated To times, for all three envs at once
+    np.testing.assert_array_equal(calls[0], np.zeros((3, 2, 2)))
+    # second call: the last two observations (times 2 and 3) of each env, oldest first
+    np.testing.assert_array_equal(calls[1][:, :, 1], [[2, 3]] * 3)
+    # finished episodes drop out of the batch: env 0 ends after call 2, env 1 after call 3
+    assert [c.shape[0] for c in calls] == [3, 3, 2, 1, 1, 1]
+    assert len(results[0].frames) == 7 and not results[1].frames  # reset frame + 6 steps
+
+
+def test_time_limit_and_max_reward():
+    results = rollout(
+        lambda o: np.full((len(o["x"]), 2, 1), 0.1),
+        lambda r: CountEnv(horizon=5),
+        [2],
+        n_obs_steps=1,
+        n_action_steps=2,
+    )
+    (r,) = results
+    assert r.steps == 5 and not r.success
+    assert r.max_reward == pytest.approx(0.5 / 5)
+
+
+def test_wrong_action_shape_is_named():
+    with pytest.raises(ValueError, match="expected \\(1, >= 3, Da\\)"):
+        rollout(lambda o: np.zeros((1, 2, 1)), lambda r: CountEnv(), [0], 1, 3)
+
+
+def test_wilson_interval_hand_values_and_summary():
+    lo, hi = wilson_interval(45, 50)
+    assert lo == pytest.approx(0.7864, abs=1e-4) and hi == pytest.approx(0.9565, abs=1e-4)
+    lo, hi = wilson_interval(50, 50)
+    assert hi == 1.0 and lo == pytest.approx(0.9287, abs=1e-4)
+    results = rollout(
+        lambda o: np.full((len(o["x"]), 1, 1), 1.0),
+        lambda r: CountEnv(horizon=4),
+        [0, 6],
+        n_obs_steps=1,
+        n_action_steps=1,
+    )
+    s = summarize(results)
+    assert s["success_rate"] == 0.5 and s["episodes"] == 2 and s["seeds"] == [0, 6]
+    assert s["mean_max_reward"] == pytest.approx((1.0 + 4 / 9) / 2)
