@@ -192,6 +192,14 @@ def _validate_group(
                 f"data/{name}",
                 f"has {arr.shape[0]} rows but meta/episode_ends ends at {n_steps}",
             )
+        if arr.shape[0] > n_steps:
+            logger.warning(
+                "%s: data/%s has %d rows past the last committed episode (an interrupted "
+                "append); they are ignored, and truncated by the next open in mode 'a'",
+                path,
+                name,
+                arr.shape[0] - n_steps,
+            )
 
     meta_keys = sorted(k for k in meta.array_keys() if k != "episode_ends")
     for name in meta_keys:
@@ -251,7 +259,10 @@ class ReplayBuffer:
         if os.path.exists(path):
             if not overwrite:
                 raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace)")
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
         root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
         root.require_group("data")
         meta = root.require_group("meta")

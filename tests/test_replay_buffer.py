@@ -107,7 +107,7 @@ def test_add_episode_refuses_mismatches(tmp_path):
         ReplayBuffer.open(tmp_path / "d.zarr").add_episode(_episode(rng, 3))
 
 
-def test_crash_during_add_episode_keeps_earlier_episodes(tmp_path, monkeypatch):
+def test_crash_during_add_episode_keeps_earlier_episodes(tmp_path, monkeypatch, caplog):
     path = tmp_path / "d.zarr"
     rb, eps = _fill(path, [5, 6])
 
@@ -122,6 +122,7 @@ def test_crash_during_add_episode_keeps_earlier_episodes(tmp_path, monkeypatch):
     assert zarr.open_group(str(path), mode="r")["data/state"].shape[0] == 15
     ro = ReplayBuffer.open(path, mode="r")
     assert ro.n_episodes == 2 and ro.n_steps == 11
+    assert "interrupted append" in caplog.text
     for i, ep in enumerate(eps):
         np.testing.assert_array_equal(ro.get_episode(i)["action"], ep["action"])
     assert zarr.open_group(str(path), mode="r")["data/state"].shape[0] == 15  # "r" repairs nothing
