@@ -227,6 +227,13 @@ def _case_string_dtype(p, rng):
     _write_raw(p, d, [5, 10], zarr_format=2)
 
 
+def _case_ends_rank(p, rng):
+    root = zarr.open_group(str(_write_raw(p, _good(rng), None)), mode="r+")
+    root.require_group("meta").create_array("episode_ends", shape=(1, 2), dtype="int64")[:] = [
+        [5, 10]
+    ]
+
+
 MALFORMED = [
     (_case_missing_data, "data/", "missing"),
     (_case_missing_ends, "meta/episode_ends", "missing"),
@@ -240,6 +247,7 @@ MALFORMED = [
         "meta/episode_ends",
         "integer dtype",
     ),
+    (_case_ends_rank, "meta/episode_ends", r"shape \(1, 2\), expected \(n_episodes,\)"),
     (_case_nan, "data/state", r"NaN \(first at row 7\)"),
     (_case_inf, "data/action", r"inf \(first at row 2\)"),
     (_case_string_dtype, "data/label", "non-numeric dtype"),
