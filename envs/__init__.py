@@ -1,1 +1,22 @@
-"""MuJoCo gymnasium environments, scripted experts and batched rollouts (no torch)."""
+"""MuJoCo gymnasium environments, scripted experts and batched rollouts (no torch).
+
+Importing ``envs`` registers the tasks with gymnasium (``gymnasium.make("PushT-v0", ...)``;
+keyword arguments pass through to ``envs.pusht.PushTEnv``) and fixes the seed ranges that keep
+demonstrations and evaluation apart: demonstrations use seeds ``DEMO_SEED_START, +1, ...``
+(below ``EVAL_SEED_START``), evaluation uses ``EVAL_SEED_START + i``.
+"""
+
+import os
+
+# Headless machines (CI, servers) render offscreen through EGL; a desktop keeps its default.
+if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+    os.environ["MUJOCO_GL"] = "egl"
+
+import gymnasium as gym  # noqa: E402
+
+DEMO_SEED_START = 0
+EVAL_SEED_START = 100_000
+
+if "PushT-v0" not in gym.registry:
+    # The env truncates itself after max_episode_steps (a kwarg), so no TimeLimit wrapper.
+    gym.register(id="PushT-v0", entry_point="envs.pusht:PushTEnv")
