@@ -120,7 +120,12 @@ class PushTExpert:
 
     ``reset(obs)`` draws the episode's mode from ``rng``; ``act(obs)`` returns the pusher
     target (2,) float32 in pixels from the observation dict (only ``obs["state"]`` is used).
+    ``mode`` names the strategy (one of ``MODES``), ``mode_id`` is its index there.
     """
+
+    MODES: tuple[str, ...] = tuple(
+        f"rot-{r}/around-{a}" for r in ("short", "cw", "ccw") for a in ("cw", "ccw")
+    )
 
     def __init__(
         self,
@@ -198,6 +203,11 @@ class PushTExpert:
         around = "cw" if self.around_sign > 0 else "ccw"
         self.mode = f"rot-{rot}/around-{around}"
         self._last_action = None
+
+    @property
+    def mode_id(self) -> int:
+        """Index of ``mode`` in ``MODES`` (an int for dataset metadata)."""
+        return self.MODES.index(self.mode)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Pusher target (2,) float32, pixels."""

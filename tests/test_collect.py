@@ -1,0 +1,96 @@
+"""scripts.collect: a short run writes a valid dataset in the timing convention and resumes."""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np
+import pytest
+import tyro
+
+from data.replay_buffer import ReplayBuffer
+from envs import EVAL_SEED_START
+from envs.experts import PushTExpert
+from envs.pusht import PushTEnv
+from scripts.collect import Config, main
+
+
+def test_short_run_is_valid_and_replays(tmp_path):
+    out = tmp_path / "demo.zarr"
+    summary = main(Config(episodes=2, out=out, progress=False))
+    assert summary["episodes"] == 2 and summary["success_rate"] == 1.0
+    rb = ReplayBuffer.open(out)
+    assert sorted(rb.keys) == ["action", "agent_pos", "keypoint", "state"]
+    n = rb.n_steps
+    shapes = {k: (rb[k].shape, rb[k].dtype) for k in rb.keys}
+    assert shapes == {
+        "action": ((n, 2), np.float32),
+        "agent_pos": ((n, 2), np.float32),
+        "keypoint": ((n, 9, 2), np.float32),
+        "state": ((n, 5), np.float32),
+    }
+    np.testing.assert_array_equal(rb.get_meta("seed"), [0, 1])
+    np.testing.assert_array_equal(rb.get_meta("success"), [1, 1])
+    modes = list(rb.attrs["expert_modes"])
+    assert modes == list(PushTExpert.MODES)
+    assert set(rb.get_meta("expert_mode")) <= set(range(len(modes)))
+
+    # Timing convention: row t = observation before acting, and the action taken at t.
+    # Replaying episode 1's actions from its seed reproduces its states exactly, and the
+    # last action ends the episode in success.
+    ep = rb.get_episode(1)
+    env = PushTEnv(obs_mode="keypoint")
+    obs, _ = env.reset(seed=1)
+    for t, action in enumerate(ep["action"]):
+        np.testing.assert_array_equal(obs["state"], ep["state"][t])
+        np.testing.assert_array_equal(obs["keypoint"], ep["keypoint"][t])
+        np.testing.assert_array_equal(obs["agent_pos"], ep["agent_pos"][t])
+        obs, _, terminated, _, info = env.step(action)
+        assert terminated == (t == len(ep["action"]) - 1)
+    assert info["is_success"]
+
+
+def test_resume_adds_without_duplicating_seeds(tmp_path):
+    out = tmp_path / "demo.zarr"
+    main(Config(episodes=2, out=out, progress=False, seed_start=10))
+    first = ReplayBuffer.open(out).get_episode(0)
+    summary = main(Config(episodes=3, out=out, progress=False))
+    assert summary["added"] == 1
+    rb = ReplayBuffer.open(out)
+    np.testing.assert_array_equal(rb.get_meta("seed"), [10, 11, 12])
+    np.testing.assert_array_equal(rb.get_episode(0)["action"], first["action"])
+    # Already complete: nothing to do.
+    assert main(Config(episodes=3, out=out, progress=False))["added"] == 0
+    with pytest.raises(ValueError, match="images"):
+        main(Config(episodes=4, out=out, progress=False, images=True))
+
+
+def test_images_are_stored_when_asked(tmp_path):
+    out = tmp_path / "img.zarr"
+    main(Config(episodes=1, out=out, progress=False, images=True))
+    rb = ReplayBuffer.open(out)
+    img = rb["img"][:]
+    assert img.shape == (rb.n_steps, 96, 96, 3) and img.dtype == np.uint8
+    assert img.std() > 10  # a scene, not a blank frame
+    assert rb["keypoint"].shape == (rb.n_steps, 9, 2)
+
+
+def test_demo_seeds_stay_below_evaluation_seeds(tmp_path):
+    with pytest.raises(ValueError, match="seed_start"):
+        Config(out=tmp_path / "x.zarr", seed_start=EVAL_SEED_START)
+    # The last demo seed is usable; the run then stops instead of crossing into eval seeds.
+    out = tmp_path / "edge.zarr"
+    with pytest.raises(ValueError, match="evaluation seeds"):
+        main(Config(episodes=2, out=out, progress=False, seed_start=EVAL_SEED_START - 1))
+    assert ReplayBuffer.open(out).n_episodes <= 1
+
+
+def test_cli_flags_parse():
+    cfg = tyro.cli(
+        Config,
+        args=["--task", "pusht", "--episodes", "7", "--out", "x.zarr", "--images",
+              "--keep-failed", "--seed-start", "5", "--no-progress"],
+    )  # fmt: skip
+    assert (cfg.episodes, cfg.images, cfg.keep_failed, cfg.seed_start, cfg.progress) == (
+        7, True, True, 5, False,
+    )  # fmt: skip
