@@ -95,31 +95,54 @@ def clip_convex(subject: np.ndarray, clip: np.ndarray) -> np.ndarray:
 
     Both (N, 2), either winding. Returns the intersection polygon (M, 2), M may be 0.
     """
+    out = _clip(_as_tuples(subject), _as_tuples(clip))
+    return np.array(out, dtype=np.float64).reshape(-1, 2)
+
+
+def _as_tuples(poly: np.ndarray) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for x, y in poly]
+
+
+def _clip(subject: list[tuple[float, float]], clip: list[tuple[float, float]]):
+    """Sutherland-Hodgman on plain floats (tiny polygons: numpy's per-call cost dominates)."""
     # Orient the clip polygon so that "inside" is the left of each edge (positive cross).
-    signed = np.dot(clip[:, 0], np.roll(clip[:, 1], -1)) - np.dot(
-        clip[:, 1], np.roll(clip[:, 0], -1)
+    n = len(clip)
+    signed = sum(
+        clip[i][0] * clip[(i + 1) % n][1] - clip[(i + 1) % n][0] * clip[i][1] for i in range(n)
     )
     if signed < 0:
         clip = clip[::-1]
-    out = [p for p in subject]
-    n = len(clip)
+    out = subject
     for i in range(n):
         if not out:
             break
-        a, b = clip[i], clip[(i + 1) % n]
-        edge = b - a
+        ax, ay = clip[i]
+        bx, by = clip[(i + 1) % n]
+        ex, ey = bx - ax, by - ay
         pts = out
         out = []
-        side = [edge[0] * (p[1] - a[1]) - edge[1] * (p[0] - a[0]) for p in pts]
-        for j in range(len(pts)):
-            p, q = pts[j], pts[(j + 1) % len(pts)]
-            sp, sq = side[j], side[(j + 1) % len(pts)]
+        m = len(pts)
+        side = [ex * (py - ay) - ey * (px - ax) for px, py in pts]
+        for j in range(m):
+            px, py = pts[j]
+            qx, qy = pts[(j + 1) % m]
+            sp, sq = side[j], side[(j + 1) % m]
             if sp >= 0:
-                out.append(p)
+                out.append((px, py))
             if (sp >= 0) != (sq >= 0):
                 t = sp / (sp - sq)
-                out.append(p + t * (q - p))
-    return np.array(out).reshape(-1, 2)
+                out.append((px + t * (qx - px), py + t * (qy - py)))
+    return out
+
+
+def _area(poly: list[tuple[float, float]]) -> float:
+    n = len(poly)
+    if n < 3:
+        return 0.0
+    twice = sum(
+        poly[i][0] * poly[(i + 1) % n][1] - poly[(i + 1) % n][0] * poly[i][1] for i in range(n)
+    )
+    return 0.5 * abs(twice)
 
 
 def t_coverage(pose: np.ndarray, goal_pose: np.ndarray = GOAL_POSE) -> float:
@@ -127,17 +150,16 @@ def t_coverage(pose: np.ndarray, goal_pose: np.ndarray = GOAL_POSE) -> float:
 
     Exact: the sum over the 2 x 2 rectangle pairs of their convex intersection areas.
     """
-    rects = to_world(pose, T_RECTS)  # (2, 4, 2)
-    goals = to_world(goal_pose, T_RECTS)  # (2, 4, 2)
-    # Cheap reject: the T fits in a disc of radius ~102 px around its centroid.
+    pose = np.asarray(pose, dtype=np.float64)
+    goal_pose = np.asarray(goal_pose, dtype=np.float64)
+    # Cheap reject: every point of a T lies within 81 px of its centroid.
     c0 = to_world(pose, T_CENTROID)
     c1 = to_world(goal_pose, T_CENTROID)
-    if np.linalg.norm(c0 - c1) > 210.0:
+    if np.hypot(*(c0 - c1)) > 205.0:
         return 0.0
-    area = 0.0
-    for r in rects:
-        for g in goals:
-            area += polygon_area(clip_convex(r, g))
+    rects = [_as_tuples(r) for r in to_world(pose, T_RECTS)]  # 2 x 4 corners
+    goals = [_as_tuples(g) for g in to_world(goal_pose, T_RECTS)]
+    area = sum(_area(_clip(r, g)) for r in rects for g in goals)
     return float(min(max(area / T_AREA, 0.0), 1.0))
 
 

@@ -13,7 +13,8 @@ recorded seed until ``--episodes`` episodes are stored.
 Timing convention (Chi et al. 2023): row t holds the observation at step t (before acting) and
 the action taken at step t. Stored keys, whatever the env's observation mode:
 action (L, 2) float32, state (L, 5), keypoint (L, 9, 2), agent_pos (L, 2) [, img (L, 96, 96, 3)
-uint8 with --images]. Per-episode meta: seed, success (0/1), expert_mode (index into the
+uint8 with --images]. With ``--action-noise`` the env executes a perturbed action while the
+stored action stays the expert's (DART). Per-episode meta: seed, success (0/1), expert_mode (index into the
 dataset attribute ``expert_modes``).
 """
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 # Stream tag mixed into the expert's seed so that its draws are independent of the env's
 # np_random (which gymnasium seeds from the bare seed).
 _EXPERT_STREAM = 0xE4BE27
+_NOISE_STREAM = 0xD4A7
 
 
 @dataclass
@@ -59,6 +61,10 @@ class Config:
     """First seed of a new dataset; seeds must stay below envs.EVAL_SEED_START."""
     max_episode_steps: int = 300
     """Episode length limit (the benchmark's 300)."""
+    action_noise: float = 0.0
+    """DART-style noise (Laskey et al. 2017), std in pixels: the env executes the expert's
+    action plus N(0, std^2) per axis while the dataset stores the expert's own action, so the
+    demonstrations also show how to recover from small deviations. 0 = the action taken."""
     progress: bool = True
     """Show a tqdm bar (--no-progress for CI logs)."""
 
@@ -70,6 +76,8 @@ class Config:
                 f"Config.seed_start={self.seed_start}: demonstration seeds must lie in "
                 f"[{DEMO_SEED_START}, {EVAL_SEED_START}) (evaluation uses {EVAL_SEED_START}+)"
             )
+        if not 0.0 <= self.action_noise <= 50.0:
+            raise ValueError(f"Config.action_noise={self.action_noise}, expected 0 <= std <= 50 px")
         if self.max_episode_steps < 1:
             raise ValueError(f"Config.max_episode_steps={self.max_episode_steps}, expected >= 1")
 
@@ -80,9 +88,14 @@ def expert_rng(seed: int) -> np.random.Generator:
 
 
 def run_episode(
-    env: PushTEnv, expert: PushTExpert, seed: int, images: bool
+    env: PushTEnv, expert: PushTExpert, seed: int, images: bool, action_noise: float = 0.0
 ) -> tuple[dict[str, np.ndarray], bool]:
-    """One expert episode from ``seed``: ({key: (L, ...)} rows, success)."""
+    """One expert episode from ``seed``: ({key: (L, ...)} rows, success).
+
+    With ``action_noise`` > 0 the env executes the stored action plus Gaussian noise drawn
+    from a generator seeded by ``seed`` (so the episode stays reproducible).
+    """
+    noise_rng = np.random.default_rng([seed, _NOISE_STREAM])
     obs, info = env.reset(seed=seed)
     expert.reset(obs)
     rows: dict[str, list[np.ndarray]] = {"action": [], "state": [], "keypoint": [], "agent_pos": []}
@@ -99,7 +112,10 @@ def run_episode(
         rows["keypoint"].append(np.asarray(kp, dtype=np.float32))
         if images:
             rows["img"].append(obs["img"])
-        obs, _, terminated, truncated, info = env.step(action)
+        executed = action
+        if action_noise > 0:
+            executed = action + noise_rng.normal(0.0, action_noise, size=2).astype(np.float32)
+        obs, _, terminated, truncated, info = env.step(executed)
         if terminated or truncated:
             success = bool(info["is_success"])
             break
@@ -119,6 +135,7 @@ def _open_or_create(cfg: Config) -> tuple[ReplayBuffer, int]:
                 "expert": "envs.experts.PushTExpert",
                 "expert_modes": list(PushTExpert.MODES),
                 "max_episode_steps": cfg.max_episode_steps,
+                "action_noise": cfg.action_noise,
                 "seed_start": cfg.seed_start,
                 "next_seed": cfg.seed_start,
             }
@@ -160,7 +177,7 @@ def main(cfg: Config) -> dict[str, float | int | dict[str, int]]:
                     f"({EVAL_SEED_START}+); stored {rb.n_episodes} of {cfg.episodes} episodes"
                 )
             expert = PushTExpert(expert_rng(seed))
-            episode, success = run_episode(env, expert, seed, cfg.images)
+            episode, success = run_episode(env, expert, seed, cfg.images, cfg.action_noise)
             tried += 1
             steps += len(episode["action"])
             modes[expert.mode] += 1
