@@ -1,0 +1,282 @@
+"""DiffusionPolicy: a DDPM over action chunks, conditioned on recent observations.
+
+Chi et al. 2023 (Diffusion Policy, arXiv 2303.04137), CNN variant: the last To observations
+are normalized, flattened into one global condition vector, and a ConditionalUnet1D learns to
+predict the noise added to a normalized action chunk of length T (the epsilon objective of
+Ho et al. 2020). At inference the chunk is denoised from pure noise with DDPM (k = K) or
+DDIM (k << K) steps, and the Ta actions aligned with the newest observation are executed:
+
+    time      t-To+1 ... t ............... t-To+T
+    obs       |-- To --|
+    chunk     |------------- T ---------------|
+    executed           |-- Ta --|   (indices To-1 ... To+Ta-2 of the chunk)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from policy.checkpoint import CheckpointError, load_tensors, save_tensors
+from policy.normalizer import Normalizer
+from policy.schedule import NoiseSchedule
+from policy.unet1d import ConditionalUnet1D
+
+Sampler = Literal["ddpm", "ddim"]
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class PolicyConfig:
+    """Everything needed to rebuild a DiffusionPolicy; saved as JSON beside its weights."""
+
+    obs_shapes: dict[str, tuple[int, ...]] = field(default_factory=lambda: {"state": (5,)})
+    """Low-dim observation keys and their per-step feature shapes."""
+    action_dim: int = 2
+    """Da, the size of one action."""
+    horizon: int = 16
+    """T, the length of the denoised action chunk."""
+    n_obs_steps: int = 2
+    """To, how many recent observations condition the chunk."""
+    n_action_steps: int = 8
+    """Ta, how many actions are executed before re-planning."""
+    num_train_timesteps: int = 100
+    """K, diffusion steps of the forward process."""
+    beta_schedule: Literal["squaredcos_cap_v2", "linear"] = "squaredcos_cap_v2"
+    clip_sample: bool = True
+    """Clip the x_0 estimate to [-1, 1] (the normalized action range) in every step."""
+    variance_type: Literal["fixed_small", "fixed_large"] = "fixed_small"
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    """UNet channel widths per level; T must be divisible by 2^(levels-1)."""
+    kernel_size: int = 5
+    n_groups: int = 8
+    diffusion_step_embed_dim: int = 256
+    cond_predict_scale: bool = True
+    sampler: Sampler = "ddim"
+    """Default sampler for predict_action."""
+    num_inference_steps: int = 10
+    """Default k for predict_action (k = K for full DDPM)."""
+
+    def __post_init__(self) -> None:
+        self.obs_shapes = {k: tuple(int(d) for d in v) for k, v in self.obs_shapes.items()}
+        self.down_dims = tuple(int(d) for d in self.down_dims)
+        if not self.obs_shapes:
+            raise ValueError("obs_shapes must name at least one observation key")
+        for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", "num_train_timesteps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        levels = len(self.down_dims)
+        if self.horizon % 2 ** (levels - 1):
+            raise ValueError(
+                f"horizon T={self.horizon} must be divisible by 2^(levels-1)={2 ** (levels - 1)} "
+                f"for down_dims={self.down_dims}"
+            )
+        if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
+            raise ValueError(
+                f"n_action_steps Ta={self.n_action_steps} must be <= T - To + 1 = "
+                f"{self.horizon - self.n_obs_steps + 1} (horizon={self.horizon}, n_obs_steps={self.n_obs_steps})"
+            )
+        if self.beta_schedule not in ("squaredcos_cap_v2", "linear"):
+            raise ValueError(f"unknown beta_schedule {self.beta_schedule!r}; use 'squaredcos_cap_v2' or 'linear'")
+        if self.variance_type not in ("fixed_small", "fixed_large"):
+            raise ValueError(f"unknown variance_type {self.variance_type!r}; use 'fixed_small' or 'fixed_large'")
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {self.sampler!r}; use 'ddpm' or 'ddim'")
+        check_inference_steps(self.num_inference_steps, self.num_train_timesteps)
+
+    @property
+    def obs_dim(self) -> int:
+        """Do, the flattened size of one observation step over all keys."""
+        return sum(math.prod(s) for s in self.obs_shapes.values())
+
+    @property
+    def global_cond_dim(self) -> int:
+        return self.n_obs_steps * self.obs_dim
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> PolicyConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown PolicyConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def check_inference_steps(k: int, K: int) -> None:
+    if not 1 <= k <= K:
+        raise ValueError(f"inference steps k={k} must be in [1, K={K}] (num_train_timesteps)")
+
+
+class DiffusionPolicy(nn.Module):
+    def __init__(self, cfg: PolicyConfig, normalizer: Normalizer | None = None):
+        super().__init__()
+        self.cfg = cfg
+        keys = {**cfg.obs_shapes, "action": (cfg.action_dim,)}
+        if normalizer is None:
+            normalizer = Normalizer(keys)  # identity until fitted; from_pretrained loads real stats
+        missing = set(keys) - set(normalizer.keys)
+        if missing:
+            raise ValueError(f"normalizer lacks statistics for {sorted(missing)}")
+        self.normalizer = normalizer
+        self.schedule = NoiseSchedule(
+            num_train_timesteps=cfg.num_train_timesteps,
+            beta_schedule=cfg.beta_schedule,
+            clip_sample=cfg.clip_sample,
+            variance_type=cfg.variance_type,
+        )
+        self.net = ConditionalUnet1D(
+            input_dim=cfg.action_dim,
+            global_cond_dim=cfg.global_cond_dim,
+            down_dims=cfg.down_dims,
+            kernel_size=cfg.kernel_size,
+            n_groups=cfg.n_groups,
+            diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
+            cond_predict_scale=cfg.cond_predict_scale,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    # ---------------------------------------------------------------- conditioning
+    def encode_obs(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Normalize the first To steps of each key and flatten them: -> (B, To * Do)."""
+        cfg, parts = self.cfg, []
+        for key, shape in cfg.obs_shapes.items():
+            if key not in obs:
+                raise ValueError(f"observation is missing key {key!r}; expected {list(cfg.obs_shapes)}")
+            x = torch.as_tensor(obs[key], device=self.device, dtype=torch.float32)
+            if x.ndim != 2 + len(shape) or tuple(x.shape[2:]) != shape or x.shape[1] < cfg.n_obs_steps:
+                raise ValueError(
+                    f"obs[{key!r}] has shape {tuple(x.shape)}; expected (B, >= {cfg.n_obs_steps}, *{shape})"
+                )
+            x = self.normalizer.normalize(key, x[:, : cfg.n_obs_steps])  # (B, To, *shape)
+            parts.append(x.flatten(2))  # (B, To, d_key)
+        return torch.cat(parts, dim=-1).flatten(1)  # (B, To * Do)
+
+    # ---------------------------------------------------------------- training
+    def compute_loss(self, batch: Mapping) -> torch.Tensor:
+        """Epsilon-prediction MSE (Ho et al. 2020, eq. 14) on a batch of windows.
+
+        batch = {"obs": {key: (B, >=To, ...)}, "action": (B, T, Da)} in raw units.
+        """
+        cfg = self.cfg
+        action = torch.as_tensor(batch["action"], device=self.device, dtype=torch.float32)
+        if action.shape[1:] != (cfg.horizon, cfg.action_dim):
+            raise ValueError(
+                f"batch['action'] has shape {tuple(action.shape)}; expected (B, {cfg.horizon}, {cfg.action_dim})"
+            )
+        cond = self.encode_obs(batch["obs"])  # (B, To * Do)
+        x0 = self.normalizer.normalize("action", action)  # (B, T, Da)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)  # (B,)
+        x_t = self.schedule.add_noise(x0, noise, t)  # (B, T, Da)
+        return F.mse_loss(self.net(x_t, t, cond), noise)
+
+    # ---------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def predict_action(
+        self,
+        obs: Mapping[str, torch.Tensor | np.ndarray],
+        sampler: Sampler | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Denoise an action chunk for each batch element of obs = {key: (B, To, ...)}.
+
+        Returns {"action": (B, Ta, Da) to execute, "action_pred": (B, T, Da) whole chunk}, raw
+        units. `noise` (B, T, Da) fixes the initial sample; `generator` drives the rest.
+        """
+        cfg = self.cfg
+        sampler = sampler or cfg.sampler
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
+        k = num_inference_steps or (cfg.num_inference_steps if sampler == cfg.sampler else None)
+        k = k or (cfg.num_train_timesteps if sampler == "ddpm" else 10)
+        check_inference_steps(k, cfg.num_train_timesteps)
+
+        cond = self.encode_obs(obs)  # (B, To * Do)
+        shape = (cond.shape[0], cfg.horizon, cfg.action_dim)
+        dev = self.device
+        x = noise.to(dev, torch.float32) if noise is not None else _randn(shape, generator, dev)
+        timesteps = self.schedule.inference_timesteps(k, sampler=sampler).tolist()
+        stride = cfg.num_train_timesteps // k
+        for t in timesteps:
+            eps = self.net(x, t, cond)  # (B, T, Da)
+            if sampler == "ddpm":
+                x = self.schedule.ddpm_step(eps, t, x, _randn(shape, generator, dev), prev_t=t - stride)
+            else:
+                x = self.schedule.ddim_step(eps, t, t - stride, x)
+        action_pred = self.normalizer.unnormalize("action", x)  # (B, T, Da)
+        start = cfg.n_obs_steps - 1
+        return {"action": action_pred[:, start : start + cfg.n_action_steps], "action_pred": action_pred}
+
+    # ---------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | Path, metadata: Mapping | None = None) -> None:
+        """Write model.safetensors (weights + normalizer) and config.json (config + metadata)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_tensors(self.state_dict(), directory / WEIGHTS_FILE)
+        info = {"config": self.cfg.to_dict(), "metadata": dict(metadata or {}), "versions": _versions()}
+        tmp = directory / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(directory / CONFIG_FILE)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> DiffusionPolicy:
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_FILE
+        if not cfg_path.is_file():
+            raise CheckpointError(f"{cfg_path}: not found (is {directory} a saved policy?)")
+        try:
+            info = json.loads(cfg_path.read_text())
+            cfg = PolicyConfig.from_dict(info["config"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{cfg_path}: invalid policy config: {e}") from e
+        policy = cls(cfg)
+        state = load_tensors(directory / WEIGHTS_FILE)
+        expected = policy.state_dict()
+        missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{directory / WEIGHTS_FILE}: weights do not match {cfg_path}: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise CheckpointError(
+                    f"{directory / WEIGHTS_FILE}: {name} has shape {tuple(tensor.shape)}, "
+                    f"config expects {tuple(expected[name].shape)}"
+                )
+        policy.load_state_dict(state)
+        policy.metadata = info.get("metadata", {})
+        return policy.to(device).eval()
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+__all__ = ["DiffusionPolicy", "PolicyConfig", "Sampler"]

@@ -1,0 +1,288 @@
+"""Train a diffusion policy on a zarr demonstration dataset, with periodic rollout evaluation.
+
+    python -m scripts.train --dataset outputs/data/pusht.zarr --task pusht --out outputs/runs/pusht
+
+Run folder layout:
+    config.json                 this Config
+    metrics.jsonl               one JSON object per log / eval interval
+    checkpoints/step_XXXXXXX/   EMA policy (config.json + model.safetensors) + training state
+    checkpoints/latest.json     {"name": ..., "step": ...}: written last, so it always points
+                                at a complete checkpoint
+    best/                       EMA policy with the best rollout success so far
+Running the same command again resumes from checkpoints/latest.json (same step, optimizer,
+LR schedule, EMA and RNG state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+from data.dataset import WindowDataset
+from policy.checkpoint import load_state, save_state
+from policy.diffusion import DiffusionPolicy, PolicyConfig
+from policy.ema import EMA
+from policy.normalizer import Normalizer
+from scripts.eval import TASKS, evaluate_policy, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Config:
+    dataset: Path
+    """Zarr demonstration dataset (data/<key> + meta/episode_ends)."""
+    task: str = "pusht"
+    """Task whose environment evaluates the policy during training."""
+    out: Path = Path("outputs/runs/pusht")
+    """Run folder; an existing one is resumed."""
+    obs_keys: tuple[str, ...] = ("keypoint", "agent_pos")
+    """Observation keys of the dataset that condition the policy."""
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    down_dims: tuple[int, ...] = (64, 128, 256)
+    """UNet widths; (256, 512, 1024) is the paper's 65.8 M-parameter network."""
+    diffusion_step_embed_dim: int = 128
+    num_train_timesteps: int = 100
+    beta_schedule: Literal["squaredcos_cap_v2", "linear"] = "squaredcos_cap_v2"
+    batch_size: int = 256
+    steps: int = 4000
+    """Optimizer steps."""
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = 1e-6
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    """Max gradient norm (0 turns clipping off)."""
+    ema_power: float = 0.75
+    val_ratio: float = 0.05
+    max_train_episodes: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu', 'cuda', ..."""
+    amp: bool = False
+    """bf16 autocast for the forward/backward pass (CPU with AVX512-BF16/AMX, or CUDA)."""
+    log_every: int = 100
+    eval_every: int = 1000
+    """Roll out the EMA policy every N steps (0: only at the end; -1: never)."""
+    eval_episodes: int = 20
+    eval_sampler: Literal["ddpm", "ddim"] = "ddim"
+    eval_inference_steps: int = 10
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    """How many step checkpoints to keep (the best policy is kept separately)."""
+    progress: bool = True
+    """Show a progress bar (turn off for CI logs)."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "steps", "log_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown --task {self.task!r}; known tasks: {sorted(TASKS)}")
+        if not 0 <= self.val_ratio < 1:
+            raise ValueError(f"--val-ratio must be in [0, 1), got {self.val_ratio}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+
+
+def warmup_cosine(warmup: int, total: int):
+    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at `total` steps."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.data = WindowDataset(
+            cfg.dataset, obs_keys=cfg.obs_keys, horizon=cfg.horizon, n_obs_steps=cfg.n_obs_steps,
+            n_action_steps=cfg.n_action_steps, val_ratio=cfg.val_ratio, seed=cfg.seed,
+            max_train_episodes=cfg.max_train_episodes, in_memory=True, obs_steps_only=True,
+        )
+        self.val_data = self.data.get_validation_dataset() if cfg.val_ratio > 0 else None
+        stats = self.data.stats()
+        pcfg = PolicyConfig(
+            obs_shapes={k: tuple(np.shape(stats[k]["min"])) for k in cfg.obs_keys},
+            action_dim=int(np.prod(np.shape(stats["action"]["min"]))),
+            horizon=cfg.horizon, n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps,
+            num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+            down_dims=cfg.down_dims, diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
+            sampler=cfg.eval_sampler, num_inference_steps=cfg.eval_inference_steps,
+        )
+        self.policy = DiffusionPolicy(pcfg, Normalizer.from_stats(stats)).to(self.device)
+        self.ema = EMA(self.policy, power=cfg.ema_power)
+        self.opt = torch.optim.AdamW(self.policy.net.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                     weight_decay=cfg.weight_decay)
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, warmup_cosine(cfg.warmup_steps, cfg.steps))
+        self.step = 0
+        self.best_success = -1.0
+        self.ckpt_dir = cfg.out / "checkpoints"
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {
+            "step": self.step, "best_success": self.best_success,
+            "model": self.policy.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(), "lr_sched": self.lr_sched.state_dict(),
+            "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state,
+        }
+
+    def metadata(self) -> dict:
+        return {"task": self.cfg.task, "step": self.step, "dataset": str(self.cfg.dataset),
+                "obs_keys": list(self.cfg.obs_keys)}
+
+    def save_checkpoint(self) -> Path:
+        """Write into a .tmp folder, rename it into place, then repoint latest.json."""
+        name = f"step_{self.step:07d}"
+        tmp, final = self.ckpt_dir / (name + ".tmp"), self.ckpt_dir / name
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.ema.model.save_pretrained(tmp, metadata=self.metadata())
+        save_state(self.state(), tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer = self.ckpt_dir / "latest.json.tmp"
+        pointer.write_text(json.dumps({"name": name, "step": self.step}))
+        os.replace(pointer, self.ckpt_dir / "latest.json")
+        old = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir() and p.suffix != ".tmp")
+        for p in old[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(p)
+        return final
+
+    def try_resume(self) -> bool:
+        latest = self.ckpt_dir / "latest.json"
+        if not latest.is_file():
+            return False
+        name = json.loads(latest.read_text())["name"]
+        state = load_state(self.ckpt_dir / name)
+        self.policy.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.lr_sched.load_state_dict(state["lr_sched"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.step, self.best_success = int(state["step"]), float(state["best_success"])
+        log.info("resumed from %s at step %d", self.ckpt_dir / name, self.step)
+        return True
+
+    def save_best(self) -> None:
+        tmp, best = self.cfg.out / "best.tmp", self.cfg.out / "best"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.ema.model.save_pretrained(tmp, metadata=self.metadata())
+        shutil.rmtree(best, ignore_errors=True)
+        os.replace(tmp, best)
+
+    # ---------------------------------------------------------------- loop
+    def batch(self, data: WindowDataset) -> dict:
+        b = data.sample_batch(self.cfg.batch_size, self.rng)
+        return {"obs": {k: v.to(self.device) for k, v in b["obs"].items()},
+                "action": b["action"].to(self.device)}
+
+    @torch.no_grad()
+    def val_loss(self, n_batches: int = 4) -> float | None:
+        if self.val_data is None or len(self.val_data) == 0:
+            return None
+        return float(np.mean([self.ema.model.compute_loss(self.batch(self.val_data)).item()
+                              for _ in range(n_batches)]))
+
+    def evaluate(self) -> dict:
+        from envs import EVAL_SEED_START
+
+        # training-time evaluation uses seeds past the final evaluation's first 1000
+        seeds = list(range(EVAL_SEED_START + 1000, EVAL_SEED_START + 1000 + self.cfg.eval_episodes))
+        summary, _ = evaluate_policy(self.ema.model, self.cfg.task, seeds, self.cfg.eval_sampler,
+                                     self.cfg.eval_inference_steps)
+        return summary
+
+    def log(self, record: dict, bar: tqdm) -> None:
+        with open(self.cfg.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        bar.write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in record.items()))
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+        self.try_resume()
+        n_params = sum(p.numel() for p in self.policy.net.parameters())
+        log.info("%d training windows, %.2f M parameters, device %s",
+                 len(self.data), n_params / 1e6, self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, unit="step")
+        losses, t_last, last_eval = [], time.perf_counter(), {}
+        self.policy.train()
+        while self.step < cfg.steps:
+            with autocast:
+                loss = self.policy.compute_loss(self.batch(self.data))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.policy.net.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.lr_sched.step()
+            self.ema.update(self.policy)
+            self.step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            done = self.step == cfg.steps
+            if self.step % cfg.log_every == 0 or done:
+                now = time.perf_counter()
+                record = {"step": self.step, "loss": float(np.mean(losses)),
+                          "lr": self.lr_sched.get_last_lr()[0],
+                          "it_s": len(losses) / (now - t_last)}
+                val = self.val_loss()
+                if val is not None:
+                    record["val_loss"] = val
+                self.log(record, bar)
+                losses, t_last = [], now
+            if cfg.eval_every >= 0 and ((cfg.eval_every and self.step % cfg.eval_every == 0) or done):
+                last_eval = self.evaluate()
+                self.log({"step": self.step, "eval_success": last_eval["success_rate"],
+                          "eval_max_reward": last_eval["mean_max_reward"],
+                          "eval_s": last_eval["wall_time_s"]}, bar)
+                if last_eval["success_rate"] > self.best_success:
+                    self.best_success = last_eval["success_rate"]
+                    self.save_best()
+                t_last = time.perf_counter()  # keep it/s about training only
+            if self.step % cfg.save_every == 0 or done:
+                self.save_checkpoint()
+        bar.close()
+        return {"step": self.step, "best_success": self.best_success, "last_eval": last_eval}
+
+
+def main(cfg: Config) -> dict:
+    return Trainer(cfg).train()
+
+
+def cli() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main(tyro.cli(Config))
+
+
+if __name__ == "__main__":
+    cli()
