@@ -63,6 +63,11 @@ class PolicyConfig:
     n_groups: int = 8
     diffusion_step_embed_dim: int = 256
     cond_predict_scale: bool = True
+    action_anchor: str | None = None
+    """Observation key (same size as an action, e.g. "agent_pos") whose newest value is
+    subtracted from the whole chunk: the network then models actions relative to where the
+    robot is now, normalized per chunk index, which makes the executed steps far more precise
+    for position-target actions. None: absolute actions, one min-max range per dimension."""
     sampler: Sampler = "ddim"
     """Default sampler for predict_action."""
     num_inference_steps: int = 10
@@ -73,7 +78,13 @@ class PolicyConfig:
         self.down_dims = tuple(int(d) for d in self.down_dims)
         if not self.obs_shapes:
             raise ValueError("obs_shapes must name at least one observation key")
-        for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", "num_train_timesteps"):
+        for name in (
+            "action_dim",
+            "horizon",
+            "n_obs_steps",
+            "n_action_steps",
+            "num_train_timesteps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         levels = len(self.down_dims)
@@ -88,12 +99,28 @@ class PolicyConfig:
                 f"{self.horizon - self.n_obs_steps + 1} (horizon={self.horizon}, n_obs_steps={self.n_obs_steps})"
             )
         if self.beta_schedule not in ("squaredcos_cap_v2", "linear"):
-            raise ValueError(f"unknown beta_schedule {self.beta_schedule!r}; use 'squaredcos_cap_v2' or 'linear'")
+            raise ValueError(
+                f"unknown beta_schedule {self.beta_schedule!r}; use 'squaredcos_cap_v2' or 'linear'"
+            )
         if self.variance_type not in ("fixed_small", "fixed_large"):
-            raise ValueError(f"unknown variance_type {self.variance_type!r}; use 'fixed_small' or 'fixed_large'")
+            raise ValueError(
+                f"unknown variance_type {self.variance_type!r}; use 'fixed_small' or 'fixed_large'"
+            )
         if self.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {self.sampler!r}; use 'ddpm' or 'ddim'")
         check_inference_steps(self.num_inference_steps, self.num_train_timesteps)
+        if self.action_anchor is not None and self.obs_shapes.get(self.action_anchor) != (
+            self.action_dim,
+        ):
+            raise ValueError(
+                f"action_anchor {self.action_anchor!r} must be an observation key of shape "
+                f"({self.action_dim},); obs_shapes are {self.obs_shapes}"
+            )
+
+    @property
+    def action_stats_shape(self) -> tuple[int, ...]:
+        """Shape of the action normalizer's statistics: per chunk index when anchored."""
+        return (self.horizon, self.action_dim) if self.action_anchor else (self.action_dim,)
 
     @property
     def obs_dim(self) -> int:
@@ -125,7 +152,7 @@ class DiffusionPolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig, normalizer: Normalizer | None = None):
         super().__init__()
         self.cfg = cfg
-        keys = {**cfg.obs_shapes, "action": (cfg.action_dim,)}
+        keys = {**cfg.obs_shapes, "action": cfg.action_stats_shape}
         if normalizer is None:
             normalizer = Normalizer(keys)  # identity until fitted; from_pretrained loads real stats
         missing = set(keys) - set(normalizer.keys)
@@ -158,15 +185,28 @@ class DiffusionPolicy(nn.Module):
         cfg, parts = self.cfg, []
         for key, shape in cfg.obs_shapes.items():
             if key not in obs:
-                raise ValueError(f"observation is missing key {key!r}; expected {list(cfg.obs_shapes)}")
+                raise ValueError(
+                    f"observation is missing key {key!r}; expected {list(cfg.obs_shapes)}"
+                )
             x = torch.as_tensor(obs[key], device=self.device, dtype=torch.float32)
-            if x.ndim != 2 + len(shape) or tuple(x.shape[2:]) != shape or x.shape[1] < cfg.n_obs_steps:
+            if (
+                x.ndim != 2 + len(shape)
+                or tuple(x.shape[2:]) != shape
+                or x.shape[1] < cfg.n_obs_steps
+            ):
                 raise ValueError(
                     f"obs[{key!r}] has shape {tuple(x.shape)}; expected (B, >= {cfg.n_obs_steps}, *{shape})"
                 )
             x = self.normalizer.normalize(key, x[:, : cfg.n_obs_steps])  # (B, To, *shape)
             parts.append(x.flatten(2))  # (B, To, d_key)
         return torch.cat(parts, dim=-1).flatten(1)  # (B, To * Do)
+
+    def anchor(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
+        """What actions are relative to: the newest anchor observation (B, 1, Da), or 0."""
+        if self.cfg.action_anchor is None:
+            return 0.0
+        x = torch.as_tensor(obs[self.cfg.action_anchor], device=self.device, dtype=torch.float32)
+        return x[:, self.cfg.n_obs_steps - 1].unsqueeze(1)  # (B, 1, Da)
 
     # ---------------------------------------------------------------- training
     def compute_loss(self, batch: Mapping) -> torch.Tensor:
@@ -181,7 +221,7 @@ class DiffusionPolicy(nn.Module):
                 f"batch['action'] has shape {tuple(action.shape)}; expected (B, {cfg.horizon}, {cfg.action_dim})"
             )
         cond = self.encode_obs(batch["obs"])  # (B, To * Do)
-        x0 = self.normalizer.normalize("action", action)  # (B, T, Da)
+        x0 = self.normalizer.normalize("action", action - self.anchor(batch["obs"]))  # (B, T, Da)
         noise = torch.randn_like(x0)
         t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)  # (B,)
         x_t = self.schedule.add_noise(x0, noise, t)  # (B, T, Da)
@@ -219,12 +259,17 @@ class DiffusionPolicy(nn.Module):
         for t in timesteps:
             eps = self.net(x, t, cond)  # (B, T, Da)
             if sampler == "ddpm":
-                x = self.schedule.ddpm_step(eps, t, x, _randn(shape, generator, dev), prev_t=t - stride)
+                x = self.schedule.ddpm_step(
+                    eps, t, x, _randn(shape, generator, dev), prev_t=t - stride
+                )
             else:
                 x = self.schedule.ddim_step(eps, t, t - stride, x)
-        action_pred = self.normalizer.unnormalize("action", x)  # (B, T, Da)
+        action_pred = self.normalizer.unnormalize("action", x) + self.anchor(obs)  # (B, T, Da)
         start = cfg.n_obs_steps - 1
-        return {"action": action_pred[:, start : start + cfg.n_action_steps], "action_pred": action_pred}
+        return {
+            "action": action_pred[:, start : start + cfg.n_action_steps],
+            "action_pred": action_pred,
+        }
 
     # ---------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path, metadata: Mapping | None = None) -> None:
@@ -232,13 +277,19 @@ class DiffusionPolicy(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_tensors(self.state_dict(), directory / WEIGHTS_FILE)
-        info = {"config": self.cfg.to_dict(), "metadata": dict(metadata or {}), "versions": _versions()}
+        info = {
+            "config": self.cfg.to_dict(),
+            "metadata": dict(metadata or {}),
+            "versions": _versions(),
+        }
         tmp = directory / (CONFIG_FILE + ".tmp")
         tmp.write_text(json.dumps(info, indent=2))
         tmp.replace(directory / CONFIG_FILE)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> DiffusionPolicy:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu"
+    ) -> DiffusionPolicy:
         directory = Path(directory)
         cfg_path = directory / CONFIG_FILE
         if not cfg_path.is_file():
@@ -268,7 +319,9 @@ class DiffusionPolicy(nn.Module):
         return policy.to(device).eval()
 
 
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def _randn(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
@@ -276,7 +329,11 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: to
 def _versions() -> dict[str, str]:
     import platform
 
-    return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    return {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 __all__ = ["DiffusionPolicy", "PolicyConfig", "Sampler"]

@@ -68,8 +68,16 @@ def bench_inference(repeats: int) -> list[dict]:
             for sampler, k in (("ddim", 10), ("ddpm", 100)):
                 reps = repeats if k == 10 or batch == 1 else max(1, repeats // 3)
                 ms = _median_ms(lambda: policy.predict_action(obs, sampler, k), reps, warmup=1)
-                rows.append({"model": name, "batch": batch, "sampler": sampler, "k": k,
-                             "ms": ms, "target_ms": LATENCY_TARGET_MS.get((name, batch, sampler, k))})
+                rows.append(
+                    {
+                        "model": name,
+                        "batch": batch,
+                        "sampler": sampler,
+                        "k": k,
+                        "ms": ms,
+                        "target_ms": LATENCY_TARGET_MS.get((name, batch, sampler, k)),
+                    }
+                )
     return rows
 
 
@@ -80,8 +88,10 @@ def bench_train(steps: int) -> list[dict]:
         for amp in (False, True):
             policy = _policy(dims).train()
             opt = torch.optim.AdamW(policy.net.parameters(), lr=1e-4)
-            batch = {"obs": {k: torch.randn(batch_size, 2, *s) for k, s in OBS_SHAPES.items()},
-                     "action": torch.randn(batch_size, 16, 2)}
+            batch = {
+                "obs": {k: torch.randn(batch_size, 2, *s) for k, s in OBS_SHAPES.items()},
+                "action": torch.randn(batch_size, 16, 2),
+            }
 
             def step(policy=policy, opt=opt, batch=batch, amp=amp):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -91,8 +101,14 @@ def bench_train(steps: int) -> list[dict]:
                 opt.step()
 
             ms = _median_ms(step, steps, warmup=2)
-            rows.append({"model": name, "batch": batch_size, "precision": "bf16" if amp else "fp32",
-                         "ms_per_step": ms})
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch_size,
+                    "precision": "bf16" if amp else "fp32",
+                    "ms_per_step": ms,
+                }
+            )
     return rows
 
 
@@ -126,9 +142,14 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "cuda": torch.cuda.is_available(),
-            "date": datetime.date.today().isoformat()}
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.is_available(),
+        "date": datetime.date.today().isoformat(),
+    }
 
 
 def _table(title: str, rows: list[dict]) -> None:
@@ -163,8 +184,10 @@ def main(cfg: Config) -> dict:
         from scripts.bench_data import benchmark_sampler
 
         results["data"] = benchmark_sampler()
-        _table("data windows/s (target >= 50,000 low-dim)",
-               [{"what": k, "value": v} for k, v in results["data"].items()])
+        _table(
+            "data windows/s (target >= 50,000 low-dim)",
+            [{"what": k, "value": v} for k, v in results["data"].items()],
+        )
     if "env" in cfg.sections:
         results["env"] = bench_env()
         _table("PushT env steps/s (random actions)", results["env"])

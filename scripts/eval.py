@@ -119,14 +119,25 @@ def evaluate_policy(
     t0 = time.perf_counter()
     was_training = policy.training
     policy.eval()
-    results = rollout(policy_fn, make_env, seeds, policy.cfg.n_obs_steps,
-                      policy.cfg.n_action_steps, n_videos=n_videos, progress=bar.update)
+    results = rollout(
+        policy_fn,
+        make_env,
+        seeds,
+        policy.cfg.n_obs_steps,
+        policy.cfg.n_action_steps,
+        n_videos=n_videos,
+        progress=bar.update,
+    )
     policy.train(was_training)
     bar.close()
     summary = summarize(results)
-    summary.update(sampler=sampler, inference_steps=inference_steps
-                   or (policy.cfg.num_train_timesteps if sampler == "ddpm" else 10),
-                   wall_time_s=time.perf_counter() - t0, task=task)
+    summary.update(
+        sampler=sampler,
+        inference_steps=inference_steps
+        or (policy.cfg.num_train_timesteps if sampler == "ddpm" else 10),
+        wall_time_s=time.perf_counter() - t0,
+        task=task,
+    )
     return summary, results
 
 
@@ -136,14 +147,24 @@ def main(cfg: Config) -> dict:
     policy = DiffusionPolicy.from_pretrained(policy_dir, device=device)
     task = policy.metadata.get("task", "pusht")
     seeds = list(range(cfg.seed_start, cfg.seed_start + cfg.episodes))
-    summary, results = evaluate_policy(policy, task, seeds, cfg.sampler, cfg.inference_steps,
-                                       n_videos=cfg.videos, noise_seed=cfg.seed, progress=cfg.progress)
-    summary.update(checkpoint=str(policy_dir), device=str(device),
-                   train_step=policy.metadata.get("step"))
+    summary, results = evaluate_policy(
+        policy,
+        task,
+        seeds,
+        cfg.sampler,
+        cfg.inference_steps,
+        n_videos=cfg.videos,
+        noise_seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    summary.update(
+        checkpoint=str(policy_dir), device=str(device), train_step=policy.metadata.get("step")
+    )
     video_dir = cfg.video_dir or policy_dir / "videos"
     summary["videos"] = [
         str(write_video(video_dir / f"{task}_seed{r.seed}.mp4", r.frames, TASKS[task]["fps"]))
-        for r in results if r.frames
+        for r in results
+        if r.frames
     ]
     lo, hi = summary["success_ci95"]
     print(f"checkpoint     {policy_dir} (step {summary['train_step']})")

@@ -57,6 +57,8 @@ class Config:
     down_dims: tuple[int, ...] = (64, 128, 256)
     """UNet widths; (256, 512, 1024) is the paper's 65.8 M-parameter network."""
     diffusion_step_embed_dim: int = 128
+    action_anchor: str | None = None
+    """Obs key (e.g. agent_pos) that actions are made relative to; None: absolute actions."""
     num_train_timesteps: int = 100
     beta_schedule: Literal["squaredcos_cap_v2", "linear"] = "squaredcos_cap_v2"
     batch_size: int = 256
@@ -91,7 +93,9 @@ class Config:
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps", "log_every", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.task not in TASKS:
             raise ValueError(f"unknown --task {self.task!r}; known tasks: {sorted(TASKS)}")
         if not 0 <= self.val_ratio < 1:
@@ -112,6 +116,15 @@ def warmup_cosine(warmup: int, total: int):
     return f
 
 
+def anchored_action_stats(data: WindowDataset, key: str, n_obs_steps: int) -> dict:
+    """Min / max of every training chunk relative to its newest `key` observation: (T, Da)."""
+    if key not in data.obs_keys:
+        raise ValueError(f"--action-anchor {key!r} must be one of --obs-keys {data.obs_keys}")
+    b = data.get_batch(np.arange(len(data)))
+    rel = b["action"] - b["obs"][key][:, n_obs_steps - 1 : n_obs_steps]  # (N, T, Da)
+    return {"min": rel.amin(0).numpy(), "max": rel.amax(0).numpy()}
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -119,26 +132,43 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.data = WindowDataset(
-            cfg.dataset, obs_keys=cfg.obs_keys, horizon=cfg.horizon, n_obs_steps=cfg.n_obs_steps,
-            n_action_steps=cfg.n_action_steps, val_ratio=cfg.val_ratio, seed=cfg.seed,
-            max_train_episodes=cfg.max_train_episodes, in_memory=True, obs_steps_only=True,
+            cfg.dataset,
+            obs_keys=cfg.obs_keys,
+            horizon=cfg.horizon,
+            n_obs_steps=cfg.n_obs_steps,
+            n_action_steps=cfg.n_action_steps,
+            val_ratio=cfg.val_ratio,
+            seed=cfg.seed,
+            max_train_episodes=cfg.max_train_episodes,
+            in_memory=True,
+            obs_steps_only=True,
         )
         self.val_data = self.data.get_validation_dataset() if cfg.val_ratio > 0 else None
         stats = self.data.stats()
+        if cfg.action_anchor is not None:
+            stats["action"] = anchored_action_stats(self.data, cfg.action_anchor, cfg.n_obs_steps)
         pcfg = PolicyConfig(
             obs_shapes={k: tuple(np.shape(stats[k]["min"])) for k in cfg.obs_keys},
-            action_dim=int(np.prod(np.shape(stats["action"]["min"]))),
-            horizon=cfg.horizon, n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps,
-            num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-            down_dims=cfg.down_dims, diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
-            sampler=cfg.eval_sampler, num_inference_steps=cfg.eval_inference_steps,
+            action_dim=self.data.action_dim,
+            action_anchor=cfg.action_anchor,
+            horizon=cfg.horizon,
+            n_obs_steps=cfg.n_obs_steps,
+            n_action_steps=cfg.n_action_steps,
+            num_train_timesteps=cfg.num_train_timesteps,
+            beta_schedule=cfg.beta_schedule,
+            down_dims=cfg.down_dims,
+            diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
+            sampler=cfg.eval_sampler,
+            num_inference_steps=cfg.eval_inference_steps,
         )
         self.policy = DiffusionPolicy(pcfg, Normalizer.from_stats(stats)).to(self.device)
         self.ema = EMA(self.policy, power=cfg.ema_power)
-        self.opt = torch.optim.AdamW(self.policy.net.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                     weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(
+            self.policy.net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, warmup_cosine(cfg.warmup_steps, cfg.steps))
+            self.opt, warmup_cosine(cfg.warmup_steps, cfg.steps)
+        )
         self.step = 0
         self.best_success = -1.0
         self.ckpt_dir = cfg.out / "checkpoints"
@@ -146,15 +176,23 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         return {
-            "step": self.step, "best_success": self.best_success,
-            "model": self.policy.state_dict(), "ema": self.ema.state_dict(),
-            "optimizer": self.opt.state_dict(), "lr_sched": self.lr_sched.state_dict(),
-            "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state,
+            "step": self.step,
+            "best_success": self.best_success,
+            "model": self.policy.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "lr_sched": self.lr_sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": self.rng.bit_generator.state,
         }
 
     def metadata(self) -> dict:
-        return {"task": self.cfg.task, "step": self.step, "dataset": str(self.cfg.dataset),
-                "obs_keys": list(self.cfg.obs_keys)}
+        return {
+            "task": self.cfg.task,
+            "step": self.step,
+            "dataset": str(self.cfg.dataset),
+            "obs_keys": list(self.cfg.obs_keys),
+        }
 
     def save_checkpoint(self) -> Path:
         """Write into a .tmp folder, rename it into place, then repoint latest.json."""
@@ -199,39 +237,61 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def batch(self, data: WindowDataset) -> dict:
         b = data.sample_batch(self.cfg.batch_size, self.rng)
-        return {"obs": {k: v.to(self.device) for k, v in b["obs"].items()},
-                "action": b["action"].to(self.device)}
+        return {
+            "obs": {k: v.to(self.device) for k, v in b["obs"].items()},
+            "action": b["action"].to(self.device),
+        }
 
     @torch.no_grad()
     def val_loss(self, n_batches: int = 4) -> float | None:
         if self.val_data is None or len(self.val_data) == 0:
             return None
-        return float(np.mean([self.ema.model.compute_loss(self.batch(self.val_data)).item()
-                              for _ in range(n_batches)]))
+        return float(
+            np.mean(
+                [
+                    self.ema.model.compute_loss(self.batch(self.val_data)).item()
+                    for _ in range(n_batches)
+                ]
+            )
+        )
 
     def evaluate(self) -> dict:
         from envs import EVAL_SEED_START
 
         # training-time evaluation uses seeds past the final evaluation's first 1000
         seeds = list(range(EVAL_SEED_START + 1000, EVAL_SEED_START + 1000 + self.cfg.eval_episodes))
-        summary, _ = evaluate_policy(self.ema.model, self.cfg.task, seeds, self.cfg.eval_sampler,
-                                     self.cfg.eval_inference_steps)
+        summary, _ = evaluate_policy(
+            self.ema.model,
+            self.cfg.task,
+            seeds,
+            self.cfg.eval_sampler,
+            self.cfg.eval_inference_steps,
+        )
         return summary
 
     def log(self, record: dict, bar: tqdm) -> None:
         with open(self.cfg.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        bar.write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                             for k, v in record.items()))
+        bar.write(
+            " | ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+            )
+        )
 
     def train(self) -> dict:
         cfg = self.cfg
         cfg.out.mkdir(parents=True, exist_ok=True)
-        (cfg.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+        (cfg.out / "config.json").write_text(
+            json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
+        )
         self.try_resume()
         n_params = sum(p.numel() for p in self.policy.net.parameters())
-        log.info("%d training windows, %.2f M parameters, device %s",
-                 len(self.data), n_params / 1e6, self.device)
+        log.info(
+            "%d training windows, %.2f M parameters, device %s",
+            len(self.data),
+            n_params / 1e6,
+            self.device,
+        )
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, unit="step")
         losses, t_last, last_eval = [], time.perf_counter(), {}
@@ -252,19 +312,30 @@ class Trainer:
             done = self.step == cfg.steps
             if self.step % cfg.log_every == 0 or done:
                 now = time.perf_counter()
-                record = {"step": self.step, "loss": float(np.mean(losses)),
-                          "lr": self.lr_sched.get_last_lr()[0],
-                          "it_s": len(losses) / (now - t_last)}
+                record = {
+                    "step": self.step,
+                    "loss": float(np.mean(losses)),
+                    "lr": self.lr_sched.get_last_lr()[0],
+                    "it_s": len(losses) / (now - t_last),
+                }
                 val = self.val_loss()
                 if val is not None:
                     record["val_loss"] = val
                 self.log(record, bar)
                 losses, t_last = [], now
-            if cfg.eval_every >= 0 and ((cfg.eval_every and self.step % cfg.eval_every == 0) or done):
+            if cfg.eval_every >= 0 and (
+                (cfg.eval_every and self.step % cfg.eval_every == 0) or done
+            ):
                 last_eval = self.evaluate()
-                self.log({"step": self.step, "eval_success": last_eval["success_rate"],
-                          "eval_max_reward": last_eval["mean_max_reward"],
-                          "eval_s": last_eval["wall_time_s"]}, bar)
+                self.log(
+                    {
+                        "step": self.step,
+                        "eval_success": last_eval["success_rate"],
+                        "eval_max_reward": last_eval["mean_max_reward"],
+                        "eval_s": last_eval["wall_time_s"],
+                    },
+                    bar,
+                )
                 if last_eval["success_rate"] > self.best_success:
                     self.best_success = last_eval["success_rate"]
                     self.save_best()
