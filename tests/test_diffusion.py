@@ -132,7 +132,9 @@ def test_diffusion_samples_both_modes_where_mse_regression_averages():
         "action": {"min": action.amin((0, 1)).numpy(), "max": action.amax((0, 1)).numpy()},
     }
     net_kw = dict(down_dims=(16, 32, 64), diffusion_step_embed_dim=32)
-    cfg = PolicyConfig(obs_shapes={"pos": (2,)}, horizon=T, n_obs_steps=2, n_action_steps=8, **net_kw)
+    cfg = PolicyConfig(
+        obs_shapes={"pos": (2,)}, horizon=T, n_obs_steps=2, n_action_steps=8, **net_kw
+    )
     policy = DiffusionPolicy(cfg, Normalizer.from_stats(stats))
     regressor = ConditionalUnet1D(2, cfg.global_cond_dim, **net_kw)
     steps = 600

@@ -8,7 +8,8 @@ import torch
 import envs
 from policy.checkpoint import CheckpointError
 from policy.diffusion import DiffusionPolicy
-from scripts import collect, eval as eval_script, train
+from scripts import collect, train
+from scripts import eval as eval_script
 
 
 @pytest.fixture(scope="module")
