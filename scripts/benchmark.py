@@ -67,7 +67,11 @@ def bench_inference(repeats: int) -> list[dict]:
             obs = {k: torch.randn(batch, 2, *s) for k, s in OBS_SHAPES.items()}
             for sampler, k in (("ddim", 10), ("ddpm", 100)):
                 reps = repeats if k == 10 or batch == 1 else max(1, repeats // 3)
-                ms = _median_ms(lambda: policy.predict_action(obs, sampler, k), reps, warmup=1)
+
+                def call(policy=policy, obs=obs, sampler=sampler, k=k):
+                    return policy.predict_action(obs, sampler, k)
+
+                ms = _median_ms(call, reps, warmup=1)
                 rows.append(
                     {
                         "model": name,

@@ -192,6 +192,19 @@ def _copy_into(dst: nn.Module, src: nn.Module) -> nn.Module:
     return dst
 
 
+def _assert_same_autograd(ref: nn.Module, fast: nn.Module, x: torch.Tensor) -> None:
+    """With autograd on: same output and same gradients for input, weight and bias."""
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yf = ref(xr), fast(xf)
+    upstream = torch.randn_like(yr)
+    (yr * upstream).sum().backward()
+    (yf * upstream).sum().backward()
+    torch.testing.assert_close(yf, yr)
+    torch.testing.assert_close(xf.grad, xr.grad)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(fast.bias.grad, ref.bias.grad)
+
+
 @needs_packed
 @pytest.mark.parametrize(
     ("conv_args", "B", "T"),
@@ -210,16 +223,7 @@ def test_fast_conv1d_matches_nn_conv1d(conv_args, B, T):
         y = fast(x)
     assert fast._cache.value is not None  # the packed oneDNN path really ran
     torch.testing.assert_close(y, F.conv1d(x, ref.weight, ref.bias, ref.stride, ref.padding))
-    # with autograd: same output and the same gradients for input, weight and bias
-    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yr, yf = ref(xr), fast(xf)
-    upstream = torch.randn_like(yr)
-    (yr * upstream).sum().backward()
-    (yf * upstream).sum().backward()
-    torch.testing.assert_close(yf, yr)
-    torch.testing.assert_close(xf.grad, xr.grad)
-    torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
-    torch.testing.assert_close(fast.bias.grad, ref.bias.grad)
+    _assert_same_autograd(ref, fast, x)
 
 
 @needs_packed
@@ -234,13 +238,7 @@ def test_fast_conv_transpose1d_matches_nn(B, T):
     assert fast._cache.value is not None
     assert y.shape == (B, 128, 2 * T)
     torch.testing.assert_close(y, F.conv_transpose1d(x, ref.weight, ref.bias, 2, 1))
-    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yr, yf = ref(xr), fast(xf)
-    upstream = torch.randn_like(yr)
-    (yr * upstream).sum().backward()
-    (yf * upstream).sum().backward()
-    torch.testing.assert_close(xf.grad, xr.grad)
-    torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
+    _assert_same_autograd(ref, fast, x)
 
 
 @pytest.mark.parametrize(
