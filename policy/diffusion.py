@@ -228,6 +228,21 @@ class DiffusionPolicy(nn.Module):
         return F.mse_loss(self.net(x_t, t, cond), noise)
 
     # ---------------------------------------------------------------- inference
+    def sampler_settings(
+        self, sampler: Sampler | None = None, k: int | None = None
+    ) -> tuple[Sampler, int]:
+        """The (sampler, k) predict_action uses: the config's defaults for what is None
+        (k = K for DDPM, 10 for DDIM when the sampler is not the configured one)."""
+        cfg = self.cfg
+        sampler = sampler or cfg.sampler
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
+        if k is None:
+            k = cfg.num_inference_steps if sampler == cfg.sampler else None
+        k = k or (cfg.num_train_timesteps if sampler == "ddpm" else 10)
+        check_inference_steps(k, cfg.num_train_timesteps)
+        return sampler, k
+
     @torch.inference_mode()
     def predict_action(
         self,
@@ -243,12 +258,7 @@ class DiffusionPolicy(nn.Module):
         units. `noise` (B, T, Da) fixes the initial sample; `generator` drives the rest.
         """
         cfg = self.cfg
-        sampler = sampler or cfg.sampler
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
-        k = num_inference_steps or (cfg.num_inference_steps if sampler == cfg.sampler else None)
-        k = k or (cfg.num_train_timesteps if sampler == "ddpm" else 10)
-        check_inference_steps(k, cfg.num_train_timesteps)
+        sampler, k = self.sampler_settings(sampler, num_inference_steps)
 
         cond = self.encode_obs(obs)  # (B, To * Do)
         shape = (cond.shape[0], cfg.horizon, cfg.action_dim)

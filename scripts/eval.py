@@ -144,8 +144,7 @@ def evaluate_policy(
     summary = summarize(results)
     summary.update(
         sampler=sampler,
-        inference_steps=inference_steps
-        or (policy.cfg.num_train_timesteps if sampler == "ddpm" else 10),
+        inference_steps=policy.sampler_settings(sampler, inference_steps)[1],
         n_action_steps=n_action_steps,
         wall_time_s=time.perf_counter() - t0,
         task=task,

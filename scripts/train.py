@@ -32,6 +32,7 @@ import tyro
 from tqdm import tqdm
 
 from data.dataset import WindowDataset
+from envs import EVAL_SEED_START
 from policy.checkpoint import load_state, save_state
 from policy.diffusion import DiffusionPolicy, PolicyConfig
 from policy.ema import EMA
@@ -259,8 +260,6 @@ class Trainer:
         )
 
     def evaluate(self) -> dict:
-        from envs import EVAL_SEED_START
-
         # training-time evaluation uses seeds past the final evaluation's first 1000
         seeds = list(range(EVAL_SEED_START + 1000, EVAL_SEED_START + 1000 + self.cfg.eval_episodes))
         summary, _ = evaluate_policy(

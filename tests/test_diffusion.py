@@ -172,3 +172,10 @@ def test_diffusion_samples_both_modes_where_mse_regression_averages():
         reg = policy.normalizer.unnormalize("action", regressor(torch.zeros(200, T, 2), 0, cond))
     left, right, middle = _mode_fractions(reg)
     assert middle > 0.9, (left, right, middle)
+
+
+def test_sampler_defaults_follow_the_config():
+    policy = DiffusionPolicy(PolicyConfig(obs_shapes={"s": (2,)}, num_inference_steps=5, **SMALL))
+    assert policy.sampler_settings() == ("ddim", 5)
+    assert policy.sampler_settings("ddpm") == ("ddpm", 100)  # full DDPM: k = K
+    assert policy.sampler_settings("ddim", 20) == ("ddim", 20)
