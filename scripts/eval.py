@@ -32,7 +32,7 @@ from policy.diffusion import DiffusionPolicy
 log = logging.getLogger(__name__)
 
 # task name -> gymnasium id and the episode length its time limit enforces
-TASKS = {"pusht": {"env_id": "PushT-v0", "max_steps": 300, "fps": 10}}
+TASKS = {"pusht": {"env_id": "PushT-v0", "max_steps": 300, "fps": 10, "video_size": 256}}
 
 
 @dataclass
@@ -124,7 +124,11 @@ def evaluate_policy(
         return out["action_pred"][:, pcfg.n_obs_steps - 1 :].float().cpu().numpy()
 
     def make_env(render: bool) -> gym.Env:
-        return gym.make(spec["env_id"], obs_mode=mode, render_mode="rgb_array" if render else None)
+        if not render:
+            return gym.make(spec["env_id"], obs_mode=mode)
+        return gym.make(
+            spec["env_id"], obs_mode=mode, render_mode="rgb_array", render_size=spec["video_size"]
+        )
 
     bar = tqdm(total=len(seeds) * spec["max_steps"], unit="step", disable=not progress, leave=False)
     t0 = time.perf_counter()
