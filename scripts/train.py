@@ -201,12 +201,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write into a .tmp folder, rename it into place, then repoint latest.json."""
         name = f"step_{self.step:07d}"
-        tmp, final = self.ckpt_dir / (name + ".tmp"), self.ckpt_dir / name
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.ema.model.save_pretrained(tmp, metadata=self.metadata())
-        save_state(self.state(), tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        final = self.write_policy_dir(self.ckpt_dir / name, with_state=True)
         pointer = self.ckpt_dir / "latest.json.tmp"
         pointer.write_text(json.dumps({"name": name, "step": self.step}))
         os.replace(pointer, self.ckpt_dir / "latest.json")
@@ -232,11 +227,18 @@ class Trainer:
         return True
 
     def save_best(self) -> None:
-        tmp, best = self.cfg.out / "best.tmp", self.cfg.out / "best"
+        self.write_policy_dir(self.cfg.out / "best", with_state=False)
+
+    def write_policy_dir(self, final: Path, with_state: bool) -> Path:
+        """EMA policy (+ training state) into final.tmp, then renamed over `final`."""
+        tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.ema.model.save_pretrained(tmp, metadata=self.metadata())
-        shutil.rmtree(best, ignore_errors=True)
-        os.replace(tmp, best)
+        if with_state:
+            save_state(self.state(), tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
 
     # ---------------------------------------------------------------- loop
     def batch(self, data: WindowDataset) -> dict:
