@@ -1,7 +1,8 @@
 """MuJoCo gymnasium environments, scripted experts and batched rollouts (no torch).
 
-Importing ``envs`` registers the tasks with gymnasium (``gymnasium.make("PushT-v0", ...)``;
-keyword arguments pass through to ``envs.pusht.PushTEnv``) and fixes the seed ranges that keep
+Importing ``envs`` registers the environments with gymnasium (``gymnasium.make("PushT-v0", ...)``;
+keyword arguments pass through to ``envs.pusht.PushTEnv``; the tasks built on them live in
+``envs.tasks``) and fixes the seed ranges that keep
 demonstrations and evaluation apart: demonstrations use seeds ``DEMO_SEED_START, +1, ...``
 (below ``EVAL_SEED_START``), evaluation uses ``EVAL_SEED_START + i``.
 """
@@ -18,5 +19,11 @@ DEMO_SEED_START = 0
 EVAL_SEED_START = 100_000
 
 if "PushT-v0" not in gym.registry:
-    # The env truncates itself after max_episode_steps (a kwarg), so no TimeLimit wrapper.
-    gym.register(id="PushT-v0", entry_point="envs.pusht:PushTEnv")
+    # One time limit: gymnasium's TimeLimit (300 steps unless gym.make says otherwise); the env
+    # made through the registry has no limit of its own.
+    gym.register(
+        id="PushT-v0",
+        entry_point="envs.pusht:PushTEnv",
+        max_episode_steps=300,
+        kwargs={"max_episode_steps": None},
+    )

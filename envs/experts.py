@@ -412,3 +412,51 @@ class PushTExpert:
                 return a + (b - a) * (left / max(seg, 1e-12))
             left -= seg
         return path[-1]
+
+
+# ------------------------------------------------------------------------ expert protocol
+
+# Stream tag mixed into the expert's seed so that its draws are independent of the env's
+# np_random (which gymnasium seeds from the bare seed).
+_EXPERT_STREAM = 0xE4BE27
+
+
+def expert_rng(seed: int) -> np.random.Generator:
+    """The PushT expert's generator for a demonstration seed (independent of the env's)."""
+    return np.random.default_rng([seed, _EXPERT_STREAM])
+
+
+class PushTScriptedExpert:
+    """PushTExpert in the collect protocol: ``reset(seed)``, then ``expert(obs) -> action``.
+
+    The mode is drawn from ``expert_rng(seed)`` on the first observation of the episode (it
+    depends on the block's starting angle), so an episode is reproducible from its seed.
+    """
+
+    MODES = PushTExpert.MODES
+
+    def __init__(self, **planner_kwargs) -> None:
+        self.planner_kwargs = planner_kwargs
+        self.planner: PushTExpert | None = None
+        self._fresh = False
+
+    def reset(self, seed: int) -> None:
+        self.planner = PushTExpert(expert_rng(seed), **self.planner_kwargs)
+        self._fresh = True
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.planner is None:
+            raise RuntimeError("PushTScriptedExpert: call reset(seed) before the first action")
+        if self._fresh:
+            self.planner.reset(obs)
+            self._fresh = False
+        return self.planner.act(obs)
+
+    @property
+    def mode(self) -> str:
+        return self.planner.mode if self.planner is not None else "unset"
+
+
+def make_pusht_expert(env=None) -> PushTScriptedExpert:
+    """Expert factory of the ``pusht`` tasks (it plans from ``obs["state"]``; env unused)."""
+    return PushTScriptedExpert()

@@ -15,9 +15,12 @@ pymunk toy at 512 x 512 pixels). The API speaks the reference's pixel frame ever
   [agent x, agent y, block x, block y, block angle]. ``keypoint`` mode adds ``keypoint``
   (9, 2): the bar's 4 corners (-60,0), (60,0), (60,30), (-60,30), the stem's 4 corners
   (-15,30), (15,30), (15,120), (-15,120) and the body origin (0, 0), all in world pixels.
-  ``image`` mode adds ``img`` (S, S, 3) uint8, a top-down render (S = ``image_size``).
+  ``image`` mode adds ``keypoint`` and ``img`` (S, S, 3) uint8, a top-down render
+  (S = ``image_size``).
 * reward = clip(coverage / 0.95, 0, 1); ``info["is_success"]`` when coverage >= 0.95, which
-  also terminates the episode; truncation after ``max_episode_steps``.
+  also terminates the episode; truncation after ``max_episode_steps`` (None: never; made
+  through ``gymnasium.make("PushT-v0", max_episode_steps=N)`` the TimeLimit wrapper is the one
+  and only limit).
 
 The MJCF (envs/assets/pusht.xml) works in metres with 1 px = 1 mm; conversion happens here.
 """
@@ -62,7 +65,7 @@ class PushTEnv(gym.Env):
         self,
         obs_mode: Literal["state", "keypoint", "image"] = "state",
         render_mode: Literal["rgb_array"] | None = None,
-        max_episode_steps: int = 300,
+        max_episode_steps: int | None = 300,
         render_size: int = 96,
         image_size: int = 96,
         success_threshold: float = SUCCESS_THRESHOLD,
@@ -73,7 +76,7 @@ class PushTEnv(gym.Env):
             )
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"PushTEnv: render_mode={render_mode!r}, expected 'rgb_array' or None")
-        if max_episode_steps < 1:
+        if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"PushTEnv: max_episode_steps={max_episode_steps}, expected >= 1")
         for name, size in (("render_size", render_size), ("image_size", image_size)):
             if not 8 <= size <= 2048:
@@ -106,7 +109,7 @@ class PushTEnv(gym.Env):
                 dtype=np.float32,
             ),
         }
-        if obs_mode == "keypoint":
+        if obs_mode in ("keypoint", "image"):
             obs_spaces["keypoint"] = spaces.Box(_POS_LOW, _POS_HIGH, (9, 2), np.float32)
         if obs_mode == "image":
             obs_spaces["img"] = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
@@ -212,7 +215,8 @@ class PushTEnv(gym.Env):
         self._max_coverage = max(self._max_coverage, cov)
         success = cov >= self.success_threshold
         reward = float(np.clip(cov / self.success_threshold, 0.0, 1.0))
-        truncated = (not success) and self._steps >= self.max_episode_steps
+        limit = self.max_episode_steps
+        truncated = (not success) and limit is not None and self._steps >= limit
         info = {"coverage": cov, "is_success": success, "max_coverage": self._max_coverage}
         return self._obs(), reward, success, truncated, info
 
@@ -223,7 +227,7 @@ class PushTEnv(gym.Env):
             "agent_pos": agent.astype(np.float32),
             "state": np.concatenate([agent, pose]).astype(np.float32),
         }
-        if self.obs_mode == "keypoint":
+        if self.obs_mode in ("keypoint", "image"):
             obs["keypoint"] = t_keypoints(pose).astype(np.float32)  # (9, 2)
         if self.obs_mode == "image":
             obs["img"] = self._render_frame(self.image_size)

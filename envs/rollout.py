@@ -5,6 +5,11 @@ every unfinished episode, makes ONE policy call for all of them, then executes t
 actions in each env (Chi et al. 2023, receding-horizon control). An episode that ends (success
 or time limit) drops out of later batches. No torch here: the policy is a callable on numpy
 arrays, so the same loop evaluates a diffusion policy, an expert or a random baseline.
+
+The policy also receives the seed of each batch row, so a stochastic policy can draw its noise
+per episode: an episode's result then depends on its seed only, not on which other episodes
+share the batch. An environment that raises, or returns a non-finite observation, ends that
+episode as failed with the reason in ``EpisodeResult.error``; the other episodes go on.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
+from envs.tasks import DEFAULT_SUCCESS_KEY, flatten_obs, is_success, non_finite_keys
+
 log = logging.getLogger(__name__)
 
-# obs {key: (B, To, ...)} -> actions (B, Ta, Da)
-PolicyFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+# (obs {key: (B, To, ...)}, seeds (B,)) -> actions (B, >= Ta, Da)
+PolicyFn = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -32,6 +39,8 @@ class EpisodeResult:
     max_reward: float
     final_reward: float
     steps: int
+    error: str | None = None
+    """Why the episode was cut short by its environment (it then counts as failed)."""
     frames: list[np.ndarray] = field(default_factory=list, repr=False)
 
 
@@ -47,7 +56,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict:
-    """Success rate with its 95 % CI and the mean of per-episode maximum reward."""
+    """Success rate with its 95 % CI, the mean of per-episode maximum reward, env errors."""
     n, wins = len(results), sum(r.success for r in results)
     lo, hi = wilson_interval(wins, n)
     return {
@@ -56,7 +65,9 @@ def summarize(results: Sequence[EpisodeResult]) -> dict:
         "mean_max_reward": float(np.mean([r.max_reward for r in results])) if n else 0.0,
         "episodes": n,
         "seeds": [r.seed for r in results],
+        "successes": [r.success for r in results],
         "mean_steps": float(np.mean([r.steps for r in results])) if n else 0.0,
+        "errors": [{"seed": r.seed, "error": r.error} for r in results if r.error],
     }
 
 
@@ -68,11 +79,15 @@ def rollout(
     n_action_steps: int,
     n_videos: int = 0,
     progress: Callable[[int], None] | None = None,
+    success_key: str = DEFAULT_SUCCESS_KEY,
 ) -> list[EpisodeResult]:
     """Run one episode per seed, all batched together; return per-episode results in seed order.
 
     make_env(render) builds one env (render=True for the first n_videos episodes, whose frames
-    are kept in EpisodeResult.frames). progress(n) is called with the number of env steps taken.
+    are kept in EpisodeResult.frames). Observations reach the policy flattened (envs.tasks:
+    a Box is ``state``, a dict one key per leaf) and copied. Success is ``info[success_key]``
+    (``info["success"]`` when the default key is absent). progress(n) is called with the
+    number of env steps taken.
     """
     if n_obs_steps < 1 or n_action_steps < 1:
         raise ValueError(
@@ -81,21 +96,28 @@ def rollout(
     envs = [make_env(i < n_videos) for i in range(len(seeds))]
     results = [EpisodeResult(int(s), False, 0.0, 0.0, 0) for s in seeds]
     history: list[deque] = []
-    for env, seed, res in zip(envs, seeds, results, strict=True):
-        obs, _ = env.reset(seed=int(seed))
+    active = []
+    for i, (env, seed, res) in enumerate(zip(envs, seeds, results, strict=True)):
+        try:
+            obs = _checked(flatten_obs(env.reset(seed=int(seed))[0]))
+        except Exception as e:  # noqa: BLE001 -- reported per episode, see _fail
+            _fail(res, "reset", e)
+            history.append(deque())
+            continue
         # before the first step there is no past: repeat the first observation To times
         history.append(deque([obs] * n_obs_steps, maxlen=n_obs_steps))
+        active.append(i)
         if env.render_mode == "rgb_array":
             res.frames.append(env.render())
-    active = list(range(len(envs)))
     t_policy = 0.0
     while active:
+        keys = history[active[0]][0].keys()
         batch = {
             key: np.stack([np.stack([o[key] for o in history[i]]) for i in active])  # (B, To, ...)
-            for key in history[active[0]][0]
+            for key in keys
         }
         t0 = time.perf_counter()
-        actions = np.asarray(policy(batch))  # (B, Ta, Da)
+        actions = np.asarray(policy(batch, np.array([results[i].seed for i in active])))
         t_policy += time.perf_counter() - t0
         if (
             actions.ndim != 3
@@ -109,13 +131,21 @@ def rollout(
         for row, i in enumerate(active):
             env, res, done = envs[i], results[i], False
             for a in actions[row, :n_action_steps]:
-                obs, reward, terminated, truncated, info = env.step(a)
+                try:
+                    obs, reward, terminated, truncated, info = env.step(a)
+                    obs = _checked(flatten_obs(obs))
+                    if not np.isfinite(reward):
+                        raise FloatingPointError(f"non-finite reward {reward}")
+                except Exception as e:  # noqa: BLE001 -- reported per episode, see _fail
+                    _fail(res, f"step {res.steps}", e)
+                    done = True
+                    break
                 history[i].append(obs)
                 res.steps += 1
                 steps_taken += 1
                 res.max_reward = max(res.max_reward, float(reward))
                 res.final_reward = float(reward)
-                res.success = res.success or bool(info.get("is_success", False))
+                res.success = res.success or is_success(info, success_key)
                 if env.render_mode == "rgb_array":
                     res.frames.append(env.render())
                 if terminated or truncated:
@@ -130,3 +160,17 @@ def rollout(
         env.close()
     log.debug("rollout: %.2f s in policy calls", t_policy)
     return results
+
+
+def _checked(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    bad = non_finite_keys(obs)
+    if bad:
+        raise FloatingPointError(f"non-finite observation in {bad}")
+    return obs
+
+
+def _fail(res: EpisodeResult, where: str, e: Exception) -> None:
+    """An env failure ends its own episode only: failed, with the reason kept for the report."""
+    res.success = False
+    res.error = f"{where}: {type(e).__name__}: {e}"
+    log.warning("episode seed %d failed at %s", res.seed, res.error)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -181,7 +181,10 @@ class DiffusionPolicy(nn.Module):
 
     # ---------------------------------------------------------------- conditioning
     def encode_obs(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Normalize the first To steps of each key and flatten them: -> (B, To * Do)."""
+        """Normalize the newest To steps of each key and flatten them: -> (B, To * Do).
+
+        obs = {key: (B, >= To, ...)}, oldest first; a longer history is cut to its last To.
+        """
         cfg, parts = self.cfg, []
         for key, shape in cfg.obs_shapes.items():
             if key not in obs:
@@ -197,7 +200,7 @@ class DiffusionPolicy(nn.Module):
                 raise ValueError(
                     f"obs[{key!r}] has shape {tuple(x.shape)}; expected (B, >= {cfg.n_obs_steps}, *{shape})"
                 )
-            x = self.normalizer.normalize(key, x[:, : cfg.n_obs_steps])  # (B, To, *shape)
+            x = self.normalizer.normalize(key, x[:, -cfg.n_obs_steps :])  # (B, To, *shape)
             parts.append(x.flatten(2))  # (B, To, d_key)
         return torch.cat(parts, dim=-1).flatten(1)  # (B, To * Do)
 
@@ -206,22 +209,24 @@ class DiffusionPolicy(nn.Module):
         if self.cfg.action_anchor is None:
             return 0.0
         x = torch.as_tensor(obs[self.cfg.action_anchor], device=self.device, dtype=torch.float32)
-        return x[:, self.cfg.n_obs_steps - 1].unsqueeze(1)  # (B, 1, Da)
+        return x[:, -1].unsqueeze(1)  # (B, 1, Da), the newest observation
 
     # ---------------------------------------------------------------- training
     def compute_loss(self, batch: Mapping) -> torch.Tensor:
         """Epsilon-prediction MSE (Ho et al. 2020, eq. 14) on a batch of windows.
 
-        batch = {"obs": {key: (B, >=To, ...)}, "action": (B, T, Da)} in raw units.
+        batch = {"obs": {key: (B, >=To, ...)}, "action": (B, T, Da)} in raw units. The window's
+        first To observation steps condition the chunk (the timing convention).
         """
         cfg = self.cfg
+        obs = {k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()}  # (B, To, ...)
         action = torch.as_tensor(batch["action"], device=self.device, dtype=torch.float32)
         if action.shape[1:] != (cfg.horizon, cfg.action_dim):
             raise ValueError(
                 f"batch['action'] has shape {tuple(action.shape)}; expected (B, {cfg.horizon}, {cfg.action_dim})"
             )
-        cond = self.encode_obs(batch["obs"])  # (B, To * Do)
-        x0 = self.normalizer.normalize("action", action - self.anchor(batch["obs"]))  # (B, T, Da)
+        cond = self.encode_obs(obs)  # (B, To * Do)
+        x0 = self.normalizer.normalize("action", action - self.anchor(obs))  # (B, T, Da)
         noise = torch.randn_like(x0)
         t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)  # (B,)
         x_t = self.schedule.add_noise(x0, noise, t)  # (B, T, Da)
@@ -249,13 +254,15 @@ class DiffusionPolicy(nn.Module):
         obs: Mapping[str, torch.Tensor | np.ndarray],
         sampler: Sampler | None = None,
         num_inference_steps: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Denoise an action chunk for each batch element of obs = {key: (B, To, ...)}.
+        """Denoise an action chunk for each batch element of obs = {key: (B, >= To, ...)}.
 
         Returns {"action": (B, Ta, Da) to execute, "action_pred": (B, T, Da) whole chunk}, raw
-        units. `noise` (B, T, Da) fixes the initial sample; `generator` drives the rest.
+        units. `noise` (B, T, Da) fixes the initial sample; `generator` drives the rest: one
+        generator for the batch, or a sequence of B, one per row (then each row's sample depends
+        only on its own generator, not on the other rows of the batch).
         """
         cfg = self.cfg
         sampler, k = self.sampler_settings(sampler, num_inference_steps)
@@ -330,8 +337,14 @@ class DiffusionPolicy(nn.Module):
 
 
 def _randn(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+    shape: tuple[int, ...],
+    generator: torch.Generator | Sequence[torch.Generator] | None,
+    device: torch.device,
 ) -> torch.Tensor:
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat([_randn((1, *shape[1:]), g, device) for g in generator])  # (B, ...)
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 

@@ -1,11 +1,15 @@
-"""Evaluate a saved diffusion policy in its MuJoCo task on fixed held-out seeds.
+"""Evaluate a saved diffusion policy in its environment on fixed held-out seeds.
 
     python -m scripts.eval --checkpoint outputs/runs/pusht --episodes 50 \
         --sampler ddim --inference-steps 10 --json outputs/results.json
 
 --checkpoint takes a policy folder (config.json + model.safetensors) or a training run folder
-(its best/ policy, else its latest checkpoint). Seeds start at envs.EVAL_SEED_START, disjoint
-from the demonstration seeds. Prints a table and writes the metrics as JSON.
+(its best/ policy, else its latest checkpoint). The policy records how to make its environment
+(task name, or gymnasium id + imports + kwargs + success key), so nothing else is needed; the
+env options (--task, --env-id, --env-import, --env-kwargs, --success-key, --max-episode-steps)
+override it. Seeds start at envs.EVAL_SEED_START, disjoint from the demonstration seeds.
+Prints a table and writes the metrics as JSON (episodes that their environment cut short by an
+error are listed under "errors", counted as failures).
 """
 
 from __future__ import annotations
@@ -13,11 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import gymnasium as gym
 import numpy as np
 import torch
 import tyro
@@ -25,20 +28,20 @@ from tqdm import tqdm
 
 import envs
 from envs.rollout import rollout, summarize
+from envs.tasks import TaskSpec, episode_limit, flat_obs_shapes, get_task, make_env
 from envs.video import write_video
 from policy.checkpoint import CheckpointError
 from policy.diffusion import DiffusionPolicy
+from scripts.env_options import EnvArgs, EnvOptions
 
 log = logging.getLogger(__name__)
-
-# task name -> gymnasium id and the episode length its time limit enforces
-TASKS = {"pusht": {"env_id": "PushT-v0", "max_steps": 300, "fps": 10, "video_size": 256}}
 
 
 @dataclass
 class Config:
     checkpoint: Path
     """Policy folder (config.json + model.safetensors) or a training run folder."""
+    env: EnvArgs = field(default_factory=EnvOptions)
     episodes: int = 50
     """Number of evaluation episodes (one seed each)."""
     sampler: Literal["ddpm", "ddim"] = "ddim"
@@ -57,7 +60,7 @@ class Config:
     device: str = "auto"
     """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
     seed: int = 0
-    """Seed of the sampler's noise."""
+    """Seed of the sampler's noise (each episode draws from its own stream of it)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -86,14 +89,53 @@ def find_policy_dir(path: Path) -> Path:
     raise CheckpointError(f"{path}: neither a policy folder nor a training run with a checkpoint")
 
 
-def obs_mode_for(obs_keys) -> str:
-    keys = set(obs_keys)
-    return "image" if "img" in keys else "keypoint" if "keypoint" in keys else "state"
+def policy_task(policy: DiffusionPolicy) -> TaskSpec:
+    """The environment a saved policy was trained for (its metadata; old ones name a task)."""
+    meta = policy.metadata
+    if "env" in meta:
+        return TaskSpec.from_dict(meta["env"])
+    return get_task(meta.get("task", "pusht"))
+
+
+def check_env_fits(
+    spec: TaskSpec, obs_shapes: dict, action_dim: int, what: str = "the policy"
+) -> None:
+    """Raise ValueError unless the env emits every key of `what` (a policy or a dataset) with
+    its per-step shape, and takes actions of its size."""
+    env = make_env(spec, obs_keys=obs_shapes)
+    try:
+        emitted = {k: shape for k, (shape, _) in flat_obs_shapes(env.observation_space).items()}
+        action_shape = tuple(env.action_space.shape or ())
+    finally:
+        env.close()
+    missing = sorted(set(obs_shapes) - set(emitted))
+    if missing:
+        raise ValueError(
+            f"{what} uses observation keys {sorted(obs_shapes)} but environment "
+            f"{spec.env_id!r} (task {spec.name!r}) emits {sorted(emitted)}: missing {missing}"
+        )
+    for key, shape in obs_shapes.items():
+        if tuple(emitted[key]) != tuple(shape):
+            raise ValueError(
+                f"observation {key!r}: {what} has per-step shape {tuple(shape)}, "
+                f"environment {spec.env_id!r} emits {tuple(emitted[key])}"
+            )
+    if action_shape != (action_dim,):
+        raise ValueError(
+            f"{what} has actions of shape ({action_dim},) but environment "
+            f"{spec.env_id!r} takes {action_shape}"
+        )
+
+
+def episode_generator(noise_seed: int, episode_seed: int, device: torch.device) -> torch.Generator:
+    """The sampler noise of one episode: a stream fixed by (noise seed, episode seed) only."""
+    seed = int(np.random.SeedSequence([noise_seed, episode_seed]).generate_state(1, np.uint64)[0])
+    return torch.Generator(device).manual_seed(seed)
 
 
 def evaluate_policy(
     policy: DiffusionPolicy,
-    task: str,
+    spec: TaskSpec,
     seeds: list[int],
     sampler: str,
     inference_steps: int | None,
@@ -103,8 +145,6 @@ def evaluate_policy(
     n_action_steps: int | None = None,
 ):
     """Roll the policy out on each seed (batched); returns (summary dict, per-episode results)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known tasks: {sorted(TASKS)}")
     pcfg = policy.cfg
     n_action_steps = n_action_steps or pcfg.n_action_steps
     if not 1 <= n_action_steps <= pcfg.horizon - pcfg.n_obs_steps + 1:
@@ -112,36 +152,36 @@ def evaluate_policy(
             f"n_action_steps={n_action_steps} must be in [1, T - To + 1 = "
             f"{pcfg.horizon - pcfg.n_obs_steps + 1}]"
         )
-    spec = TASKS[task]
-    mode = obs_mode_for(policy.cfg.obs_shapes)
-    generator = torch.Generator(policy.device).manual_seed(noise_seed)
-    keys = list(policy.cfg.obs_shapes)
+    keys = list(pcfg.obs_shapes)
+    check_env_fits(spec, pcfg.obs_shapes, pcfg.action_dim)
+    generators: dict[int, torch.Generator] = {}
 
-    def policy_fn(obs: dict[str, np.ndarray]) -> np.ndarray:
+    def policy_fn(obs: dict[str, np.ndarray], batch_seeds: np.ndarray) -> np.ndarray:
         batch = {k: torch.from_numpy(obs[k]).to(policy.device) for k in keys}
-        out = policy.predict_action(batch, sampler, inference_steps, generator=generator)
+        gens = [
+            generators.setdefault(int(s), episode_generator(noise_seed, int(s), policy.device))
+            for s in batch_seeds
+        ]
+        out = policy.predict_action(batch, sampler, inference_steps, generator=gens)
         # every action from the newest observation on; the rollout executes n_action_steps
         return out["action_pred"][:, pcfg.n_obs_steps - 1 :].float().cpu().numpy()
 
-    def make_env(render: bool) -> gym.Env:
-        if not render:
-            return gym.make(spec["env_id"], obs_mode=mode)
-        return gym.make(
-            spec["env_id"], obs_mode=mode, render_mode="rgb_array", render_size=spec["video_size"]
-        )
-
-    bar = tqdm(total=len(seeds) * spec["max_steps"], unit="step", disable=not progress, leave=False)
+    probe = make_env(spec, obs_keys=keys)
+    max_steps = episode_limit(probe) or 1000
+    probe.close()
+    bar = tqdm(total=len(seeds) * max_steps, unit="step", disable=not progress, leave=False)
     t0 = time.perf_counter()
     was_training = policy.training
     policy.eval()
     results = rollout(
         policy_fn,
-        make_env,
+        lambda render: make_env(spec, obs_keys=keys, render=render),
         seeds,
         pcfg.n_obs_steps,
         n_action_steps,
         n_videos=n_videos,
         progress=bar.update,
+        success_key=spec.success_key,
     )
     policy.train(was_training)
     bar.close()
@@ -151,7 +191,8 @@ def evaluate_policy(
         inference_steps=policy.sampler_settings(sampler, inference_steps)[1],
         n_action_steps=n_action_steps,
         wall_time_s=time.perf_counter() - t0,
-        task=task,
+        task=spec.name,
+        env_id=spec.env_id,
     )
     return summary, results
 
@@ -160,11 +201,11 @@ def main(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
     policy_dir = find_policy_dir(cfg.checkpoint)
     policy = DiffusionPolicy.from_pretrained(policy_dir, device=device)
-    task = policy.metadata.get("task", "pusht")
+    spec = cfg.env.resolve(base=policy_task(policy))
     seeds = list(range(cfg.seed_start, cfg.seed_start + cfg.episodes))
     summary, results = evaluate_policy(
         policy,
-        task,
+        spec,
         seeds,
         cfg.sampler,
         cfg.inference_steps,
@@ -177,18 +218,22 @@ def main(cfg: Config) -> dict:
         checkpoint=str(policy_dir), device=str(device), train_step=policy.metadata.get("step")
     )
     video_dir = cfg.video_dir or policy_dir / "videos"
+    name = spec.name.replace("/", "_")
     summary["videos"] = [
-        str(write_video(video_dir / f"{task}_seed{r.seed}.mp4", r.frames, TASKS[task]["fps"]))
+        str(write_video(video_dir / f"{name}_seed{r.seed}.mp4", r.frames, spec.control_hz))
         for r in results
         if r.frames
     ]
     lo, hi = summary["success_ci95"]
     print(f"checkpoint     {policy_dir} (step {summary['train_step']})")
+    print(f"environment    {spec.env_id} (task {spec.name})")
     print(f"sampler        {cfg.sampler} k={summary['inference_steps']} on {device}")
     print(f"episodes       {summary['episodes']} (seeds {seeds[0]}..{seeds[-1]})")
     print(f"success rate   {summary['success_rate']:.3f}  (95% CI {lo:.3f}-{hi:.3f})")
     print(f"mean max reward {summary['mean_max_reward']:.3f}")
     print(f"wall time      {summary['wall_time_s']:.1f} s")
+    for err in summary["errors"]:
+        print(f"env error      seed {err['seed']}: {err['error']}")
     for v in summary["videos"]:
         print(f"video          {v}")
     if cfg.json is not None:

@@ -2,6 +2,13 @@
 
     python -m scripts.train --dataset outputs/data/pusht.zarr --task pusht --out outputs/runs/pusht
 
+The environment (for rollout evaluation, and recorded in every saved policy so that
+scripts.eval needs only the checkpoint) is --task NAME or --env-id ID [--env-import ...]; by
+default the one scripts.collect recorded in the dataset. Observation keys and the action anchor
+default to the task's (PushT: keypoint + agent_pos, actions relative to agent_pos); for an
+--env-id environment they are all of its observation keys and absolute actions. Dataset keys or
+an action size that do not fit the environment are refused before training starts.
+
 Run folder layout:
     config.json                 this Config
     metrics.jsonl               one JSON object per log / eval interval
@@ -22,7 +29,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -32,12 +39,15 @@ import tyro
 from tqdm import tqdm
 
 from data.dataset import WindowDataset
+from data.replay_buffer import ReplayBuffer
 from envs import EVAL_SEED_START
+from envs.tasks import TaskSpec, flat_obs_shapes, get_task, make_env
 from policy.checkpoint import load_state, save_state
 from policy.diffusion import DiffusionPolicy, PolicyConfig
 from policy.ema import EMA
 from policy.normalizer import Normalizer
-from scripts.eval import TASKS, evaluate_policy, resolve_device
+from scripts.env_options import EnvArgs, EnvOptions
+from scripts.eval import check_env_fits, evaluate_policy, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +56,12 @@ log = logging.getLogger(__name__)
 class Config:
     dataset: Path
     """Zarr demonstration dataset (data/<key> + meta/episode_ends)."""
-    task: str = "pusht"
-    """Task whose environment evaluates the policy during training."""
+    env: EnvArgs = field(default_factory=EnvOptions)
     out: Path = Path("outputs/runs/pusht")
     """Run folder; an existing one is resumed."""
-    obs_keys: tuple[str, ...] = ("keypoint", "agent_pos")
-    """Observation keys of the dataset that condition the policy."""
+    obs_keys: tuple[str, ...] | None = None
+    """Observation keys of the dataset that condition the policy (default: the task's, or
+    every key an --env-id environment emits)."""
     horizon: int = 16
     n_obs_steps: int = 2
     n_action_steps: int = 4
@@ -60,8 +70,9 @@ class Config:
     down_dims: tuple[int, ...] = (32, 64, 128)
     """UNet widths (1.2 M parameters); (256, 512, 1024) is the paper's 65.8 M network."""
     diffusion_step_embed_dim: int = 64
-    action_anchor: str | None = "agent_pos"
-    """Obs key (e.g. agent_pos) that actions are made relative to; None: absolute actions."""
+    action_anchor: str = "task"
+    """Obs key (e.g. agent_pos) that actions are made relative to; 'none': absolute actions;
+    'task': the task's default (PushT: agent_pos; an --env-id environment: none)."""
     num_train_timesteps: int = 100
     beta_schedule: Literal["squaredcos_cap_v2", "linear"] = "squaredcos_cap_v2"
     batch_size: int = 256
@@ -100,8 +111,6 @@ class Config:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
                 )
-        if self.task not in TASKS:
-            raise ValueError(f"unknown --task {self.task!r}; known tasks: {sorted(TASKS)}")
         if not 0 <= self.val_ratio < 1:
             raise ValueError(f"--val-ratio must be in [0, 1), got {self.val_ratio}")
         if self.lr <= 0:
@@ -129,15 +138,59 @@ def anchored_action_stats(data: WindowDataset, key: str, n_obs_steps: int) -> di
     return {"min": rel.amin(0).numpy(), "max": rel.amax(0).numpy()}
 
 
+def dataset_task(path: Path) -> TaskSpec | None:
+    """The environment scripts.collect recorded in a dataset's attributes, if any."""
+    attrs = ReplayBuffer.open(path).attrs
+    if "env" in attrs:
+        return TaskSpec.from_dict(attrs["env"])
+    return get_task(attrs["task"]) if "task" in attrs else None
+
+
+def resolve_obs_and_anchor(cfg: Config, spec: TaskSpec) -> tuple[tuple[str, ...], str | None]:
+    """Observation keys and action anchor: the flags, else the task's defaults."""
+    obs_keys = cfg.obs_keys or spec.obs_keys
+    if obs_keys is None:  # an --env-id environment: everything it emits
+        env = make_env(spec)
+        obs_keys = tuple(flat_obs_shapes(env.observation_space))
+        env.close()
+    if cfg.action_anchor == "none":
+        return tuple(obs_keys), None
+    anchor = spec.action_anchor if cfg.action_anchor == "task" else cfg.action_anchor
+    if anchor is not None and anchor not in obs_keys:
+        raise ValueError(
+            f"action anchor {anchor!r} ({'task ' + spec.name + ' default' if cfg.action_anchor == 'task' else '--action-anchor'}) "
+            f"is not among the observation keys {list(obs_keys)}; add it to --obs-keys or pass "
+            "--action-anchor none"
+        )
+    return tuple(obs_keys), anchor
+
+
+def check_dataset_fits_env(path: Path, spec: TaskSpec, obs_keys: tuple[str, ...]) -> None:
+    """Refuse, before any training step, a dataset that lacks the observation keys or whose
+    shapes and action size differ from what the environment emits and takes."""
+    rb = ReplayBuffer.open(path)
+    missing = [k for k in (*obs_keys, "action") if k not in rb.keys]
+    if missing:
+        raise ValueError(
+            f"{path}: has keys {sorted(rb.keys)}, but training on task {spec.name!r} needs "
+            f"{list(obs_keys)} and 'action' (missing {missing}); choose keys with --obs-keys"
+        )
+    shapes = {k: tuple(rb[k].shape[1:]) for k in obs_keys}
+    check_env_fits(spec, shapes, int(rb["action"].shape[1]), f"dataset {path}")
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.spec = cfg.env.resolve(base=dataset_task(cfg.dataset))
+        obs_keys, self.action_anchor = resolve_obs_and_anchor(cfg, self.spec)
+        check_dataset_fits_env(cfg.dataset, self.spec, obs_keys)
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.data = WindowDataset(
             cfg.dataset,
-            obs_keys=cfg.obs_keys,
+            obs_keys=obs_keys,
             horizon=cfg.horizon,
             n_obs_steps=cfg.n_obs_steps,
             n_action_steps=cfg.n_action_steps,
@@ -149,12 +202,13 @@ class Trainer:
         )
         self.val_data = self.data.get_validation_dataset() if cfg.val_ratio > 0 else None
         stats = self.data.stats()
-        if cfg.action_anchor is not None:
-            stats["action"] = anchored_action_stats(self.data, cfg.action_anchor, cfg.n_obs_steps)
+        obs_shapes = {k: tuple(np.shape(stats[k]["min"])) for k in obs_keys}
+        if self.action_anchor is not None:
+            stats["action"] = anchored_action_stats(self.data, self.action_anchor, cfg.n_obs_steps)
         pcfg = PolicyConfig(
-            obs_shapes={k: tuple(np.shape(stats[k]["min"])) for k in cfg.obs_keys},
+            obs_shapes=obs_shapes,
             action_dim=self.data.action_dim,
-            action_anchor=cfg.action_anchor,
+            action_anchor=self.action_anchor,
             horizon=cfg.horizon,
             n_obs_steps=cfg.n_obs_steps,
             n_action_steps=cfg.n_action_steps,
@@ -192,10 +246,11 @@ class Trainer:
 
     def metadata(self) -> dict:
         return {
-            "task": self.cfg.task,
+            "task": self.spec.name,
+            "env": self.spec.to_dict(),
             "step": self.step,
             "dataset": str(self.cfg.dataset),
-            "obs_keys": list(self.cfg.obs_keys),
+            "obs_keys": list(self.policy.cfg.obs_shapes),
         }
 
     def save_checkpoint(self) -> Path:
@@ -266,7 +321,7 @@ class Trainer:
         seeds = list(range(EVAL_SEED_START + 1000, EVAL_SEED_START + 1000 + self.cfg.eval_episodes))
         summary, _ = evaluate_policy(
             self.ema.model,
-            self.cfg.task,
+            self.spec,
             seeds,
             self.cfg.eval_sampler,
             self.cfg.eval_inference_steps,

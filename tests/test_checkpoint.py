@@ -1,5 +1,7 @@
 """Pickle-free checkpoints: nested training state round trip and clear errors on corruption."""
 
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -37,10 +39,31 @@ def test_optimizer_and_rng_state_round_trip(tmp_path):
     torch.testing.assert_close(model2.weight, model.weight, rtol=0, atol=0)
 
 
-def test_no_pickle_files_and_atomic_names(tmp_path):
-    save_state({"w": torch.ones(2)}, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.safetensors"]
-    assert b"pickle" not in (tmp_path / "state.json").read_bytes()
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    """Every unpickling entry point raises during the loads: state and policy still load."""
+    from policy.diffusion import DiffusionPolicy, PolicyConfig
+
+    model, opt = _trained_optimizer()
+    rng = torch.get_rng_state()
+    save_state({"optimizer": opt.state_dict(), "rng": rng}, tmp_path / "s")
+    policy = DiffusionPolicy(
+        PolicyConfig(obs_shapes={"s": (2,)}, down_dims=(8, 16), diffusion_step_embed_dim=8)
+    )
+    policy.save_pretrained(tmp_path / "p")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["state.json", "state.safetensors"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint load tried to unpickle")
+
+    for mod, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
+                      (torch, "load")):  # fmt: skip
+        monkeypatch.setattr(mod, name, refuse)
+    loaded = load_state(tmp_path / "s")
+    assert torch.equal(loaded["rng"], rng)
+    assert loaded["optimizer"]["state"][0]["step"].item() == 2
+    again = DiffusionPolicy.from_pretrained(tmp_path / "p")
+    for a, b in zip(again.state_dict().values(), policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_corrupt_files_raise_checkpoint_error(tmp_path):

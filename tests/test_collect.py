@@ -10,9 +10,9 @@ import tyro
 
 from data.replay_buffer import ReplayBuffer
 from envs import EVAL_SEED_START
-from envs.experts import PushTExpert
+from envs.experts import PushTExpert, expert_rng
 from envs.pusht import PushTEnv
-from scripts.collect import Config, expert_rng, main
+from scripts.collect import Config, main
 
 
 def test_short_run_is_valid_and_replays(tmp_path):

@@ -53,6 +53,17 @@ def test_wrong_observation_shape_named():
 
 
 # ------------------------------------------------------------------ timing convention
+def test_encode_obs_uses_the_newest_To_frames():
+    policy = DiffusionPolicy(PolicyConfig(obs_shapes={"s": (2,)}, **SMALL))
+    history = torch.randn(3, 5, 2)  # (B, 5 > To, 2), oldest first
+    torch.testing.assert_close(
+        policy.encode_obs({"s": history}), policy.encode_obs({"s": history[:, -2:]})
+    )
+    assert not torch.allclose(
+        policy.encode_obs({"s": history}), policy.encode_obs({"s": history[:, :2]})
+    )
+
+
 def test_executed_actions_start_at_the_newest_observation():
     cfg = PolicyConfig(obs_shapes={"s": (2,)}, horizon=16, n_obs_steps=3, n_action_steps=6, **SMALL)
     policy = DiffusionPolicy(cfg).eval()

@@ -46,9 +46,8 @@ def test_env_checker_passes(obs_mode):
     env = PushTEnv(obs_mode=obs_mode, render_mode="rgb_array", image_size=32, render_size=32)
     check_env(env, skip_render_check=False)
     obs, _ = env.reset(seed=3)
-    assert set(obs) == {"agent_pos", "state"} | (
-        {"keypoint"} if obs_mode == "keypoint" else {"img"} if obs_mode == "image" else set()
-    )
+    extra = {"state": set(), "keypoint": {"keypoint"}, "image": {"keypoint", "img"}}[obs_mode]
+    assert set(obs) == {"agent_pos", "state"} | extra
     env.close()
 
 

@@ -38,7 +38,7 @@ class CountEnv(gym.Env):
 def test_history_batching_and_receding_horizon():
     calls = []
 
-    def policy(obs):
+    def policy(obs, seeds):
         calls.append(obs["x"].copy())
         return np.full((obs["x"].shape[0], 4, 1), 0.5)  # Ta=3 of these 4 are executed
 
@@ -64,7 +64,7 @@ def test_history_batching_and_receding_horizon():
 
 def test_time_limit_and_max_reward():
     results = rollout(
-        lambda o: np.full((len(o["x"]), 2, 1), 0.1),
+        lambda o, s: np.full((len(o["x"]), 2, 1), 0.1),
         lambda r: CountEnv(horizon=5),
         [2],
         n_obs_steps=1,
@@ -77,7 +77,7 @@ def test_time_limit_and_max_reward():
 
 def test_wrong_action_shape_is_named():
     with pytest.raises(ValueError, match="expected \\(1, >= 3, Da\\)"):
-        rollout(lambda o: np.zeros((1, 2, 1)), lambda r: CountEnv(), [0], 1, 3)
+        rollout(lambda o, s: np.zeros((1, 2, 1)), lambda r: CountEnv(), [0], 1, 3)
 
 
 def test_wilson_interval_hand_values_and_summary():
@@ -86,7 +86,7 @@ def test_wilson_interval_hand_values_and_summary():
     lo, hi = wilson_interval(50, 50)
     assert hi == 1.0 and lo == pytest.approx(0.9287, abs=1e-4)
     results = rollout(
-        lambda o: np.full((len(o["x"]), 1, 1), 1.0),
+        lambda o, s: np.full((len(o["x"]), 1, 1), 1.0),
         lambda r: CountEnv(horizon=4),
         [0, 6],
         n_obs_steps=1,

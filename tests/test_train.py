@@ -2,14 +2,20 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import envs
+from data.dataset import WindowDataset
+from data.replay_buffer import ReplayBuffer
+from envs.tasks import UnknownTaskError
 from policy.checkpoint import CheckpointError
-from policy.diffusion import DiffusionPolicy
+from policy.diffusion import DiffusionPolicy, PolicyConfig
+from policy.normalizer import Normalizer
 from scripts import collect, train
 from scripts import eval as eval_script
+from scripts.env_options import EnvOptions
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,12 @@ def test_two_step_train_then_one_episode_eval(dataset, tmp_path):
     written = json.loads(results.read_text())
     assert written == json.loads(json.dumps(out))
     assert written["episodes"] == 1 and written["seeds"] == [envs.EVAL_SEED_START]
-    assert written["success_rate"] in (0.0, 1.0) and 0 <= written["mean_max_reward"] <= 1
+    # a policy trained for 2 steps cannot bring the T within 2 px and 2 degrees of the goal:
+    # the episode fails and runs to the 300-step time limit, with no env error
+    assert written["success_rate"] == 0.0 and written["successes"] == [False]
+    assert written["mean_steps"] == 300 and written["errors"] == []
+    assert 0 <= written["mean_max_reward"] < 1
+    assert written["task"] == "pusht" and written["env_id"] == "PushT-v0"
     assert written["sampler"] == "ddim" and written["inference_steps"] == 2
     assert written["train_step"] == 2 and written["wall_time_s"] > 0
     (video,) = written["videos"]
@@ -112,7 +123,56 @@ def test_corrupt_checkpoint_gives_clear_error(dataset, tmp_path):
 
 
 def test_bad_train_config_refused(dataset, tmp_path):
-    with pytest.raises(ValueError, match="unknown --task 'pushy'"):
-        _cfg(dataset, tmp_path, task="pushy")
+    with pytest.raises(UnknownTaskError, match="unknown task 'pushy'.*pusht"):
+        train.Trainer(_cfg(dataset, tmp_path, env=EnvOptions(task="pushy")))
+    with pytest.raises(ValueError, match="action anchor 'agent_pos'.*not among.*\\['keypoint'\\]"):
+        train.Trainer(_cfg(dataset, tmp_path, obs_keys=("keypoint",)))
     with pytest.raises(ValueError, match="divisible"):
         train.Trainer(_cfg(dataset, tmp_path, horizon=10))
+
+
+# ------------------------------------------------------------------ action anchor
+def test_anchor_then_unanchor_is_exact():
+    """normalize(action - anchor) -> unnormalize + anchor gives the action back, and the anchor
+    is the newest observation however long the history."""
+    cfg = PolicyConfig(obs_shapes={"agent_pos": (2,)}, action_anchor="agent_pos", horizon=8,
+                       n_action_steps=4, down_dims=(8, 16), diffusion_step_embed_dim=8)  # fmt: skip
+    lo = torch.linspace(-40, -10, 8)[:, None].expand(8, 2)  # (T, Da) per chunk index
+    stats = {"agent_pos": {"min": np.zeros(2), "max": np.full(2, 512.0)},
+             "action": {"min": lo.numpy(), "max": (lo + 60).numpy()}}  # fmt: skip
+    policy = DiffusionPolicy(cfg, Normalizer.from_stats(stats))
+    history = torch.tensor([[[1.0, 2.0], [100.0, 200.0], [300.0, 400.0]]])  # (B, 3 > To, 2)
+    anchor = policy.anchor({"agent_pos": history})
+    torch.testing.assert_close(anchor, torch.tensor([[[300.0, 400.0]]]))
+    action = anchor + lo[None] + torch.rand(1, 8, 2) * 60  # (B, T, Da) inside the range
+    x0 = policy.normalizer.normalize("action", action - anchor)
+    assert x0.abs().max() <= 1 + 1e-6
+    back = policy.normalizer.unnormalize("action", x0) + anchor
+    torch.testing.assert_close(back, action, rtol=0, atol=1e-4)
+
+
+def test_anchored_windows_near_episode_ends(tmp_path):
+    """Hand-computed relative actions for every window of a ramp episode, padded ends
+    included: the anchor is the window's newest observation (row To - 1), the padded rows
+    repeat the first / last frame."""
+    rb = ReplayBuffer.create(tmp_path / "ramp.zarr")
+    L, T, To, Ta = 6, 4, 2, 2
+    t = np.arange(L, dtype=np.float32)
+    pos = np.stack([10 * t, np.zeros(L, np.float32)], 1)  # (L, 2)
+    act = np.stack([10 * t + 5, np.ones(L, np.float32)], 1)  # (L, 2)
+    rb.add_episode({"agent_pos": pos, "action": act})
+    data = WindowDataset(tmp_path / "ramp.zarr", obs_keys=("agent_pos",), horizon=T,
+                         n_obs_steps=To, n_action_steps=Ta, val_ratio=0.0,
+                         obs_steps_only=True)  # fmt: skip
+    starts = range(-(To - 1), L - T + Ta)  # -1 .. 3: windows reach Ta - 1 rows past the end
+    assert len(data) == len(starts)
+    batch = data.get_batch(np.arange(len(data)))
+    rel = (batch["action"] - batch["obs"]["agent_pos"][:, To - 1 : To]).numpy()  # (N, T, 2)
+    expected = np.array(
+        [[[10 * np.clip(s + j, 0, L - 1) + 5 - 10 * (s + To - 1), 1.0] for j in range(T)]
+         for s in starts]
+    )  # fmt: skip
+    np.testing.assert_allclose(rel, expected)
+    stats = train.anchored_action_stats(data, "agent_pos", To)
+    np.testing.assert_allclose(stats["min"], expected.min(0))
+    np.testing.assert_allclose(stats["max"], expected.max(0))
