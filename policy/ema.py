@@ -2,6 +2,10 @@
 
 decay(step) = min(1 - (1 + step) ** -power, max_decay), power = 3/4: early steps average over
 a short window (the first update copies the weights), later ones approach max_decay = 0.9999.
+
+The averaged model stays in eval mode and is written in place, so `update` ends with
+refresh_fast_paths: cached inference layouts of its weights (policy.fast_layers) are dropped
+and rebuilt from the averaged weights on its next no-grad call, never served stale.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import copy
 
 import torch
 from torch import nn
+
+from policy.fast_layers import refresh_fast_paths
 
 
 class EMA:
@@ -38,6 +44,8 @@ class EMA:
         torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
         for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
+        # in-place writes no module sees: drop the fast paths' copies of the old weights
+        refresh_fast_paths(self.model)
         self.step += 1
 
     def state_dict(self) -> dict:

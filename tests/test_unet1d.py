@@ -1,24 +1,21 @@
 """Tests for policy/unet1d.py: the architecture of Diffusion Policy's ConditionalUnet1D (Chi et al.
 2023) pinned by exact parameter counts and the reference state_dict layout, shape and input
-contracts, FiLM / timestep wiring, batch independence, and the packed-oneDNN inference layers
-checked against plain nn.Conv1d / nn.ConvTranspose1d (outputs and gradients).
+contracts, FiLM / timestep wiring, batch independence, and the whole net's inference fast paths
+(policy/fast_layers.py, tested layer by layer in test_fast_layers.py): equal to the standard
+path, and never serving old weights after load_state_dict, or after an in-place write followed
+by the documented refresh.
 """
 
 import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from policy import unet1d
-from policy.unet1d import ConditionalUnet1D, FastConv1d, FastConvTranspose1d
+from policy.fast_layers import FastConvTranspose1d, FastPath, packed_ops_available
+from policy.unet1d import ConditionalUnet1D
 
 DA, DC = 2, 40  # action size, global cond size
-
-needs_packed = pytest.mark.skipif(
-    not unet1d._packed_ops_available(), reason="this torch build has no packed oneDNN ops"
-)
 
 
 def _tiny(**kw) -> ConditionalUnet1D:
@@ -29,6 +26,31 @@ def _tiny(**kw) -> ConditionalUnet1D:
 
 def _n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
+
+
+def _medium() -> ConditionalUnet1D:
+    """In eval mode; big enough for every fast path: packed oneDNN, im2col, FastLinear, FiLM."""
+    return ConditionalUnet1D(DA, DC, (64, 128, 256), 5, 8, 64).eval()
+
+
+def _fast_run(net: ConditionalUnet1D, *args) -> torch.Tensor:
+    """net(*args) under inference_mode (net in eval mode), checking that every fast path ran."""
+    assert not net.training
+    with torch.inference_mode():
+        out = net(*args)
+    layers = [m for m in net.modules() if isinstance(m, FastPath)]
+    skipped = [] if packed_ops_available() else [FastConvTranspose1d]
+    assert len(layers) > 10
+    assert all(m._fast is not None for m in layers if type(m) not in skipped)
+    return out
+
+
+def _standard_run(net: ConditionalUnet1D, *args) -> torch.Tensor:
+    """net(*args) through the plain nn layers (train mode: no fast path), then back to eval."""
+    with torch.no_grad():
+        out = net.train()(*args)
+    net.eval()
+    return out
 
 
 @pytest.mark.parametrize(
@@ -99,7 +121,7 @@ def test_global_cond_and_timestep_change_the_output():
 
 def test_samples_in_a_batch_do_not_interact():
     # GroupNorm normalizes per sample and FiLM is per sample, so each row is its own function
-    net = ConditionalUnet1D(DA, DC, (64, 128, 256), 5, 8, 64)
+    net = _medium()  # the fast paths at batch 4 and batch 1
     x, t, g = torch.randn(4, 16, DA), torch.tensor([3, 50, 99, 0]), torch.randn(4, DC)
     with torch.inference_mode():
         whole = net(x, t, g)
@@ -146,125 +168,58 @@ def test_bad_timestep_shape_and_missing_cond_raise():
 
 def test_deepcopy_after_inference_gives_an_identical_network():
     # EMA keeps a deepcopy: the packed caches must not be copied, the results must be
-    net = ConditionalUnet1D(DA, DC, (64, 128, 256), 5, 8, 64)
+    net = _medium()
     x, g = torch.randn(1, 16, DA), torch.randn(1, DC)
-    with torch.inference_mode():
-        out = net(x, 5, g)
+    out = _fast_run(net, x, 5, g)
     twin = copy.deepcopy(net)
-    with torch.inference_mode():
-        torch.testing.assert_close(twin(x, 5, g), out, rtol=0, atol=0)
+    torch.testing.assert_close(_fast_run(twin, x, 5, g), out, rtol=0, atol=0)
     assert twin.state_dict().keys() == net.state_dict().keys()
 
 
 def test_inference_path_equals_training_path_and_gradients_flow():
-    net = ConditionalUnet1D(DA, DC, (64, 128, 256), 5, 8, 64)
+    net = _medium()
     x, t, g = torch.randn(2, 16, DA), torch.tensor([4, 70]), torch.randn(2, DC)
-    with torch.inference_mode():
-        fast = net(x, t, g)
-    out = net(x, t, g)  # grad enabled: every layer is the standard nn module
+    fast = _fast_run(net, x, t, g)
+    out = net.train()(x, t, g)  # grad enabled: every layer is the standard nn module
     torch.testing.assert_close(fast, out.detach(), rtol=1e-5, atol=1e-5)
     out.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
-def test_weight_update_invalidates_the_inference_cache():
-    net = ConditionalUnet1D(DA, DC, (64, 128, 256), 5, 8, 64)
+def test_train_mode_never_uses_the_caches():
+    net = _medium()
     x, g = torch.randn(1, 16, DA), torch.randn(1, DC)
-    with torch.inference_mode():
-        before = net(x, 5, g)
-    with torch.no_grad():  # an optimizer step / EMA update / load_state_dict: in-place writes
-        for p in net.parameters():
-            p.mul_(1.1)
-    with torch.inference_mode():
-        after = net(x, 5, g)
-    net.set_fast_inference(False)
+    fast = _fast_run(net, x, 5, g)
+    net.train()
     with torch.inference_mode():
         plain = net(x, 5, g)
-    assert (after - before).abs().max() > 1e-3
-    torch.testing.assert_close(after, plain, rtol=1e-5, atol=1e-5)
+    assert all(m._fast is None for m in net.modules() if isinstance(m, FastPath))
+    torch.testing.assert_close(plain, fast, rtol=1e-5, atol=1e-5)
 
 
-# ---- the packed inference layers against the plain torch layers ---------------------------------
+@pytest.mark.parametrize("refresh", ["refresh_fast_paths", "eval"])
+def test_in_place_weight_copy_then_refresh_serves_the_new_weights(refresh):
+    # The documented contract: after writing an eval-mode net's weights in place (p.data.copy_,
+    # which no module can see), net.refresh_fast_paths() or net.eval() before the next call.
+    net, donor = _medium(), _medium()
+    x, g = torch.randn(1, 16, DA), torch.randn(1, DC)
+    old = _fast_run(net, x, 5, g)
+    for p, w in zip(net.parameters(), donor.parameters(), strict=True):
+        p.data.copy_(w)
+    getattr(net, refresh)()
+    new = _fast_run(net, x, 5, g)
+    torch.testing.assert_close(new, _standard_run(donor, x, 5, g), rtol=1e-5, atol=1e-5)
+    assert (new - old).abs().max() > 1e-2
 
 
-def _copy_into(dst: nn.Module, src: nn.Module) -> nn.Module:
-    dst.load_state_dict(src.state_dict())
-    return dst
-
-
-def _assert_same_autograd(ref: nn.Module, fast: nn.Module, x: torch.Tensor) -> None:
-    """With autograd on: same output and same gradients for input, weight and bias."""
-    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yr, yf = ref(xr), fast(xf)
-    upstream = torch.randn_like(yr)
-    (yr * upstream).sum().backward()
-    (yf * upstream).sum().backward()
-    torch.testing.assert_close(yf, yr)
-    torch.testing.assert_close(xf.grad, xr.grad)
-    torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
-    torch.testing.assert_close(fast.bias.grad, ref.bias.grad)
-
-
-@pytest.mark.parametrize(
-    ("conv_args", "B", "T", "packed"),
-    [
-        # big weights take packed oneDNN
-        pytest.param(
-            dict(in_channels=128, out_channels=96, kernel_size=5, padding=2),
-            1,
-            16,
-            True,
-            marks=needs_packed,
-        ),
-        pytest.param(
-            dict(in_channels=128, out_channels=160, kernel_size=3, stride=2, padding=1),
-            2,
-            8,
-            True,
-            marks=needs_packed,
-        ),
-        pytest.param(
-            dict(in_channels=256, out_channels=256, kernel_size=1), 1, 4, True, marks=needs_packed
-        ),
-        # small weights take im2col + one GEMM (no oneDNN needed)
-        (dict(in_channels=8, out_channels=12, kernel_size=5, padding=2), 2, 16, False),
-        (dict(in_channels=8, out_channels=8, kernel_size=3, stride=2, padding=1), 3, 6, False),
-        (dict(in_channels=16, out_channels=4, kernel_size=1), 1, 8, False),
-    ],
-)
-def test_fast_conv1d_matches_nn_conv1d(conv_args, B, T, packed):
-    torch.manual_seed(0)
-    ref = nn.Conv1d(**conv_args)
-    fast = _copy_into(FastConv1d(**conv_args), ref)
-    x = torch.randn(B, conv_args["in_channels"], T)
-    with torch.inference_mode():
-        y = fast(x)
-    assert fast._cache.value is not None  # a fast path really ran
-    if not packed:
-        assert not fast._cache.value.is_mkldnn
-    torch.testing.assert_close(y, F.conv1d(x, ref.weight, ref.bias, ref.stride, ref.padding))
-    _assert_same_autograd(ref, fast, x)
-
-
-@needs_packed
-@pytest.mark.parametrize(("B", "T"), [(1, 4), (3, 8)])
-def test_fast_conv_transpose1d_matches_nn(B, T):
-    torch.manual_seed(0)
-    ref = nn.ConvTranspose1d(128, 128, 4, stride=2, padding=1)
-    fast = _copy_into(FastConvTranspose1d(128, 128, 4, stride=2, padding=1), ref)
-    x = torch.randn(B, 128, T)
-    with torch.inference_mode():
-        y = fast(x)
-    assert fast._cache.value is not None
-    assert y.shape == (B, 128, 2 * T)
-    torch.testing.assert_close(y, F.conv_transpose1d(x, ref.weight, ref.bias, 2, 1))
-    _assert_same_autograd(ref, fast, x)
-
-
-def test_fast_layers_step_aside_for_large_inputs_and_autograd():
-    torch.manual_seed(0)
-    conv = FastConv1d(256, 256, 5, padding=2)
-    with torch.inference_mode():
-        conv(torch.randn(8, 256, 16))  # 128 rows > FAST_MAX_ROWS: PyTorch's own kernel
-    conv(torch.randn(1, 256, 16))  # autograd on: the standard nn.Conv1d graph
-    assert conv._cache.value is None
+def test_load_state_dict_serves_the_new_weights_without_a_call():
+    # from_pretrained and EMA.load_state_dict load through a parent module: its hooks must run
+    net, donor = _medium(), _medium()
+    x, g = torch.randn(1, 16, DA), torch.randn(1, DC)
+    old = _fast_run(net, x, 5, g)
+    nn.ModuleDict({"net": net}).load_state_dict(
+        {f"net.{k}": v for k, v in donor.state_dict().items()}
+    )
+    new = _fast_run(net, x, 5, g)
+    torch.testing.assert_close(new, _standard_run(donor, x, 5, g), rtol=1e-5, atol=1e-5)
+    assert (new - old).abs().max() > 1e-2
