@@ -53,6 +53,7 @@ class WindowDataset(Dataset):
         max_train_episodes: int | None = None,
         in_memory: bool = True,
         obs_steps_only: bool = False,
+        pad_after: int | None = None,
     ) -> None:
         if isinstance(obs_keys, str):
             obs_keys = (obs_keys,)
@@ -68,6 +69,14 @@ class WindowDataset(Dataset):
                 f"n_action_steps={n_action_steps} with horizon={horizon}, "
                 f"n_obs_steps={n_obs_steps}: expected Ta <= T - To + 1"
             )
+        if pad_after is None:
+            pad_after = n_action_steps - 1
+        if not 0 <= pad_after <= horizon - n_obs_steps:
+            raise ValueError(
+                f"pad_after={pad_after}: expected 0 <= pad_after <= T - To = "
+                f"{horizon - n_obs_steps} (past that the newest observation would be padding)"
+            )
+        self.pad_after = pad_after
         keys = list(dict.fromkeys([*obs_keys, action_key]))
         if isinstance(path, ReplayBuffer):
             rb = path
@@ -107,7 +116,7 @@ class WindowDataset(Dataset):
             self.replay_buffer.episode_ends,
             horizon=self.horizon,
             pad_before=self.n_obs_steps - 1,
-            pad_after=self.n_action_steps - 1,
+            pad_after=self.pad_after,
             episode_mask=mask,
         )
 

@@ -212,11 +212,21 @@ class DiffusionPolicy(nn.Module):
         return x[:, -1].unsqueeze(1)  # (B, 1, Da), the newest observation
 
     # ---------------------------------------------------------------- training
-    def compute_loss(self, batch: Mapping) -> torch.Tensor:
+    def forward(self, batch: Mapping, **kwargs) -> torch.Tensor:
+        """= compute_loss, so that DistributedDataParallel can wrap the policy."""
+        return self.compute_loss(batch, **kwargs)
+
+    def compute_loss(
+        self,
+        batch: Mapping,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Epsilon-prediction MSE (Ho et al. 2020, eq. 14) on a batch of windows.
 
         batch = {"obs": {key: (B, >=To, ...)}, "action": (B, T, Da)} in raw units. The window's
-        first To observation steps condition the chunk (the timing convention).
+        first To observation steps condition the chunk (the timing convention). `noise`
+        (B, T, Da) and `timesteps` (B,) may be given (default: drawn from torch's global RNG).
         """
         cfg = self.cfg
         obs = {k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()}  # (B, To, ...)
@@ -227,8 +237,12 @@ class DiffusionPolicy(nn.Module):
             )
         cond = self.encode_obs(obs)  # (B, To * Do)
         x0 = self.normalizer.normalize("action", action - self.anchor(obs))  # (B, T, Da)
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)  # (B,)
+        noise = torch.randn_like(x0) if noise is None else noise  # (B, T, Da)
+        t = (
+            torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)
+            if timesteps is None
+            else timesteps
+        )  # (B,)
         x_t = self.schedule.add_noise(x0, noise, t)  # (B, T, Da)
         return F.mse_loss(self.net(x_t, t, cond), noise)
 

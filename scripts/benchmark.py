@@ -3,16 +3,22 @@
     python -m scripts.benchmark --json outputs/bench.json
 
 Prints one table per section and writes every number (with the machine, versions and date)
-as JSON. Numbers are measured here, every run; DESIGN.md's targets are printed beside them
+as JSON. Numbers are measured here, every run; the project's targets are printed beside them
 for comparison only. Run it on a quiet machine: another busy process makes the numbers noise.
+The "ddp" section (not in the default set) trains the quickstart UNet for a few hundred steps
+on a synthetic dataset with 1 process and under torchrun with 2 and reports samples/s.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +47,24 @@ class Config:
     """Timed optimizer steps per training case."""
     threads: int | None = None
     """torch threads (default: torch's choice, one per core)."""
+    device: str = "cpu"
+    """Device for the inference and train sections ('cuda' on a GPU machine)."""
+    ddp_procs: tuple[int, ...] = (1, 2)
+    """Process counts for the "ddp" section (each gets cores / N threads)."""
+    ddp_steps: int = 200
+    """Optimizer steps per "ddp" run (the second half is timed)."""
 
 
 def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()  # CUDA runs asynchronously: time the work, not the launch
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
@@ -59,12 +74,12 @@ def _policy(down_dims) -> DiffusionPolicy:
     return DiffusionPolicy(cfg)
 
 
-def bench_inference(repeats: int) -> list[dict]:
+def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
     rows = []
     for name, dims in SIZES.items():
-        policy = _policy(dims).eval()
+        policy = _policy(dims).to(device).eval()
         for batch in (1, 50):
-            obs = {k: torch.randn(batch, 2, *s) for k, s in OBS_SHAPES.items()}
+            obs = {k: torch.randn(batch, 2, *s, device=device) for k, s in OBS_SHAPES.items()}
             for sampler, k in (("ddim", 10), ("ddpm", 100)):
                 reps = repeats if k == 10 or batch == 1 else max(1, repeats // 3)
 
@@ -85,20 +100,23 @@ def bench_inference(repeats: int) -> list[dict]:
     return rows
 
 
-def bench_train(steps: int) -> list[dict]:
+def bench_train(steps: int, device: str = "cpu") -> list[dict]:
     rows = []
     batch_size = 256
+    dev = torch.device(device)
     for name, dims in SIZES.items():
         for amp in (False, True):
-            policy = _policy(dims).train()
+            policy = _policy(dims).to(dev).train()
             opt = torch.optim.AdamW(policy.net.parameters(), lr=1e-4)
             batch = {
-                "obs": {k: torch.randn(batch_size, 2, *s) for k, s in OBS_SHAPES.items()},
-                "action": torch.randn(batch_size, 16, 2),
+                "obs": {
+                    k: torch.randn(batch_size, 2, *s, device=dev) for k, s in OBS_SHAPES.items()
+                },
+                "action": torch.randn(batch_size, 16, 2, device=dev),
             }
 
             def step(policy=policy, opt=opt, batch=batch, amp=amp):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                     loss = policy.compute_loss(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -111,6 +129,7 @@ def bench_train(steps: int) -> list[dict]:
                     "batch": batch_size,
                     "precision": "bf16" if amp else "fp32",
                     "ms_per_step": ms,
+                    "samples_per_s": batch_size / ms * 1000,
                 }
             )
     return rows
@@ -134,6 +153,38 @@ def bench_env(steps: int = 2000) -> list[dict]:
                 env.reset()
         rows.append({"obs_mode": mode, "steps_per_s": n / (time.perf_counter() - t0)})
         env.close()
+    return rows
+
+
+def bench_ddp(procs: tuple[int, ...], steps: int, batch: int = 256) -> list[dict]:
+    """scripts.train end to end (data, loss, backward, all-reduce, AdamW, EMA) with N
+    processes on a synthetic PushT-shaped dataset; it/s from the run's second log interval."""
+    from scripts.bench_data import _write
+
+    cores = os.cpu_count() or 1
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "synthetic.zarr"
+        _write(data, n_episodes=100, mean_len=120, image=False, seed=0)
+        for n in procs:
+            out = Path(tmp) / f"run{n}"
+            args = ["-m", "scripts.train", "--dataset", str(data), "--out", str(out),
+                    "--task", "pusht_state", "--obs-keys", "state", "--action-anchor", "none",
+                    "--steps", str(steps), "--log-every", str(steps // 2), "--eval-every", "-1",
+                    "--save-every", str(steps), "--val-ratio", "0", "--batch-size", str(batch),
+                    "--device", "cpu", "--no-progress"]  # fmt: skip
+            if n > 1:
+                launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+                args = [*launcher, *args]
+            threads = max(1, cores // n)
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+            subprocess.run([sys.executable, *args], env=env, check=True, capture_output=True)
+            logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            it_s = logs[-1]["it_s"]
+            rows.append(
+                {"processes": n, "threads each": threads, "step ms": 1000 / it_s,
+                 "samples/s": it_s * batch}
+            )  # fmt: skip
     return rows
 
 
@@ -179,10 +230,10 @@ def main(cfg: Config) -> dict:
     results: dict = {"machine": machine()}
     print("machine:", ", ".join(f"{k}={v}" for k, v in results["machine"].items()))
     if "inference" in cfg.sections:
-        results["inference"] = bench_inference(cfg.repeats)
+        results["inference"] = bench_inference(cfg.repeats, cfg.device)
         _table("predict_action latency (median ms, T=16, To=2, cond 40)", results["inference"])
     if "train" in cfg.sections:
-        results["train"] = bench_train(cfg.train_steps)
+        results["train"] = bench_train(cfg.train_steps, cfg.device)
         _table("training step (median ms, batch 256, AdamW)", results["train"])
     if "data" in cfg.sections:
         from scripts.bench_data import benchmark_sampler
@@ -192,6 +243,9 @@ def main(cfg: Config) -> dict:
             "data windows/s (target >= 50,000 low-dim)",
             [{"what": k, "value": v} for k, v in results["data"].items()],
         )
+    if "ddp" in cfg.sections:
+        results["ddp"] = bench_ddp(cfg.ddp_procs, cfg.ddp_steps)
+        _table("training samples/s, 1.2 M UNet, global batch 256, 1 vs N processes", results["ddp"])
     if "env" in cfg.sections:
         results["env"] = bench_env()
         _table("PushT env steps/s (random actions)", results["env"])

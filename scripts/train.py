@@ -18,6 +18,16 @@ Run folder layout:
     best/                       EMA policy with the best rollout success so far
 Running the same command again resumes from checkpoints/latest.json (same step, optimizer,
 LR schedule, EMA and RNG state).
+
+Several processes (DistributedDataParallel; NCCL on CUDA, one GPU per process, gloo on CPU):
+
+    torchrun --nproc-per-node 2 -m scripts.train --dataset ... --out ...
+
+--batch-size is the global batch. Every rank draws the same global batch of windows, noise and
+diffusion steps from one seeded stream and keeps its own slice of it, so N processes compute
+the gradient of the same batch as one process (equal to float rounding). Rank 0 logs, writes
+checkpoints and runs the rollout evaluation while the others wait; the checkpoint format is the
+single-process one, and resuming works the same under torchrun.
 """
 
 from __future__ import annotations
@@ -35,7 +45,9 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import tyro
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data.dataset import WindowDataset
@@ -67,6 +79,10 @@ class Config:
     n_action_steps: int = 4
     """Ta. 4 rather than the paper's 8: on PushT-MuJoCo, re-planning every 4 steps lifted a
     6000-step policy from 0.42 to 0.72 success (50 held-out seeds, DDIM 10)."""
+    pad_after: int | None = None
+    """Rows a training window may run past its episode's end (repeating the last frame);
+    default Ta - 1. T - To lets every frame, the last ones too, be a window's newest
+    observation."""
     down_dims: tuple[int, ...] = (32, 64, 128)
     """UNet widths (1.2 M parameters); (256, 512, 1024) is the paper's 65.8 M network."""
     diffusion_step_embed_dim: int = 64
@@ -185,9 +201,21 @@ class Trainer:
         self.spec = cfg.env.resolve(base=dataset_task(cfg.dataset))
         obs_keys, self.action_anchor = resolve_obs_and_anchor(cfg, self.spec)
         check_dataset_fits_env(cfg.dataset, self.spec, obs_keys)
+        self.rank, self.world = dist_rank_world()
         self.device = resolve_device(cfg.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        if cfg.batch_size % self.world:
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the "
+                f"number of processes {self.world}"
+            )
         torch.manual_seed(cfg.seed)
+        # one stream, the same on every rank: windows (numpy) and noise + diffusion steps
+        # (torch, drawn on the CPU so that they do not depend on the device either)
         self.rng = np.random.default_rng(cfg.seed)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed)
         self.data = WindowDataset(
             cfg.dataset,
             obs_keys=obs_keys,
@@ -199,6 +227,7 @@ class Trainer:
             max_train_episodes=cfg.max_train_episodes,
             in_memory=True,
             obs_steps_only=True,
+            pad_after=cfg.pad_after,
         )
         self.val_data = self.data.get_validation_dataset() if cfg.val_ratio > 0 else None
         stats = self.data.stats()
@@ -220,6 +249,8 @@ class Trainer:
             num_inference_steps=cfg.eval_inference_steps,
         )
         self.policy = DiffusionPolicy(pcfg, Normalizer.from_stats(stats)).to(self.device)
+        # forward() is compute_loss; DDP averages the gradients of the ranks' slices
+        self.model = DistributedDataParallel(self.policy) if self.world > 1 else self.policy
         self.ema = EMA(self.policy, power=cfg.ema_power)
         self.opt = torch.optim.AdamW(
             self.policy.net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
@@ -241,7 +272,9 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "lr_sched": self.lr_sched.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "noise_rng": self.noise_gen.get_state(),
             "numpy_rng": self.rng.bit_generator.state,
+            "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
         }
 
     def metadata(self) -> dict:
@@ -276,7 +309,10 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.lr_sched.load_state_dict(state["lr_sched"])
         torch.set_rng_state(state["torch_rng"])
+        self.noise_gen.set_state(state["noise_rng"])
         self.rng.bit_generator.state = state["numpy_rng"]
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step, self.best_success = int(state["step"]), float(state["best_success"])
         log.info("resumed from %s at step %d", self.ckpt_dir / name, self.step)
         return True
@@ -285,32 +321,58 @@ class Trainer:
         self.write_policy_dir(self.cfg.out / "best", with_state=False)
 
     def write_policy_dir(self, final: Path, with_state: bool) -> Path:
-        """EMA policy (+ training state) into final.tmp, then renamed over `final`."""
+        """EMA policy (+ training state) into final.tmp, then swapped in for `final`.
+
+        The old folder is renamed aside before the new one is renamed in and only deleted
+        after, so at every instant `final` or `final.old` is a complete policy
+        (recover_policy_dir puts `.old` back after a crash between the two renames).
+        """
         tmp = final.with_name(final.name + ".tmp")
+        old = final.with_name(final.name + ".old")
         shutil.rmtree(tmp, ignore_errors=True)
         self.ema.model.save_pretrained(tmp, metadata=self.metadata())
         if with_state:
             save_state(self.state(), tmp)
-        shutil.rmtree(final, ignore_errors=True)
+        recover_policy_dir(final)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
         return final
 
     # ---------------------------------------------------------------- loop
-    def batch(self, data: WindowDataset) -> dict:
-        b = data.sample_batch(self.cfg.batch_size, self.rng)
-        return {
-            "obs": {k: v.to(self.device) for k, v in b["obs"].items()},
-            "action": b["action"].to(self.device),
-        }
+    def batch(self, data: WindowDataset, rng: np.random.Generator) -> dict:
+        """This rank's slice of a global batch drawn from `rng` (the same on every rank)."""
+        idx = rng.integers(0, len(data), size=self.cfg.batch_size)
+        n = self.cfg.batch_size // self.world
+        b = data.get_batch(idx[self.rank * n : (self.rank + 1) * n])
+        pin = self.device.type == "cuda"
+        to = lambda x: (x.pin_memory() if pin else x).to(self.device, non_blocking=pin)  # noqa: E731
+        return {"obs": {k: to(v) for k, v in b["obs"].items()}, "action": to(b["action"])}
+
+    def diffusion_draws(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of the global batch's noise (B, T, Da) and diffusion steps (B,)."""
+        pcfg, n = self.policy.cfg, self.cfg.batch_size // self.world
+        noise = torch.randn(
+            (self.cfg.batch_size, pcfg.horizon, pcfg.action_dim), generator=self.noise_gen
+        )  # (B_global, T, Da)
+        t = torch.randint(
+            0, pcfg.num_train_timesteps, (self.cfg.batch_size,), generator=self.noise_gen
+        )  # (B_global,)
+        rows = slice(self.rank * n, (self.rank + 1) * n)
+        return noise[rows].to(self.device), t[rows].to(self.device)
 
     @torch.no_grad()
     def val_loss(self, n_batches: int = 4) -> float | None:
+        """EMA loss on validation windows; its own RNG, so logging never shifts training."""
         if self.val_data is None or len(self.val_data) == 0:
             return None
+        rng = np.random.default_rng([self.cfg.seed, self.step])
         return float(
             np.mean(
                 [
-                    self.ema.model.compute_loss(self.batch(self.val_data)).item()
+                    self.ema.model.compute_loss(self.batch(self.val_data, rng)).item()
                     for _ in range(n_batches)
                 ]
             )
@@ -338,28 +400,35 @@ class Trainer:
         )
 
     def train(self) -> dict:
-        cfg = self.cfg
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        (cfg.out / "config.json").write_text(
-            json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
-        )
+        cfg, lead = self.cfg, self.rank == 0
+        if lead:
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            (cfg.out / "config.json").write_text(
+                json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
+            )
+            recover_policy_dir(cfg.out / "best")
         self.try_resume()
         n_params = sum(p.numel() for p in self.policy.net.parameters())
         log.info(
-            "%d training windows, %.2f M parameters, device %s",
+            "%d training windows, %.2f M parameters, device %s%s",
             len(self.data),
             n_params / 1e6,
             self.device,
+            f", {self.world} processes" if self.world > 1 else "",
         )
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, unit="step")
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, disable=not (cfg.progress and lead), unit="step"
+        )
         losses, t_last, last_eval = [], time.perf_counter(), {}
         self.policy.train()
         while self.step < cfg.steps:
+            batch = self.batch(self.data, self.rng)
+            noise, t = self.diffusion_draws(batch)
             with autocast:
-                loss = self.policy.compute_loss(self.batch(self.data))
+                loss = self.model(batch, noise=noise, timesteps=t)  # compute_loss
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # under DDP: gradients averaged over the ranks here
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.policy.net.parameters(), cfg.grad_clip)
             self.opt.step()
@@ -373,44 +442,86 @@ class Trainer:
                 now = time.perf_counter()
                 record = {
                     "step": self.step,
-                    "loss": float(np.mean(losses)),
+                    "loss": self.mean_over_ranks(float(np.mean(losses))),
                     "lr": self.lr_sched.get_last_lr()[0],
                     "it_s": len(losses) / (now - t_last),
                 }
-                val = self.val_loss()
-                if val is not None:
-                    record["val_loss"] = val
-                self.log(record, bar)
+                if lead:
+                    val = self.val_loss()
+                    if val is not None:
+                        record["val_loss"] = val
+                    self.log(record, bar)
                 losses, t_last = [], now
             if cfg.eval_every >= 0 and (
                 (cfg.eval_every and self.step % cfg.eval_every == 0) or done
             ):
-                last_eval = self.evaluate()
-                self.log(
-                    {
-                        "step": self.step,
-                        "eval_success": last_eval["success_rate"],
-                        "eval_max_reward": last_eval["mean_max_reward"],
-                        "eval_s": last_eval["wall_time_s"],
-                    },
-                    bar,
-                )
-                if last_eval["success_rate"] > self.best_success:
-                    self.best_success = last_eval["success_rate"]
-                    self.save_best()
+                if lead:
+                    last_eval = self.evaluate()
+                    self.log(
+                        {
+                            "step": self.step,
+                            "eval_success": last_eval["success_rate"],
+                            "eval_max_reward": last_eval["mean_max_reward"],
+                            "eval_s": last_eval["wall_time_s"],
+                        },
+                        bar,
+                    )
+                    if last_eval["success_rate"] > self.best_success:
+                        self.best_success = last_eval["success_rate"]
+                        self.save_best()
+                self.barrier()  # the other ranks wait for rank 0's rollouts
                 t_last = time.perf_counter()  # keep it/s about training only
             if self.step % cfg.save_every == 0 or done:
-                self.save_checkpoint()
+                if lead:
+                    self.save_checkpoint()
+                self.barrier()
         bar.close()
         return {"step": self.step, "best_success": self.best_success, "last_eval": last_eval}
 
+    def mean_over_ranks(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        x = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(x)
+        return float(x.item()) / self.world
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def recover_policy_dir(final: Path) -> None:
+    """After a crash between write_policy_dir's two renames, `final.old` is the last
+    complete policy: put it back."""
+    old = final.with_name(final.name + ".old")
+    if old.is_dir() and not final.exists():
+        os.replace(old, final)
+        log.warning("recovered %s from %s", final, old)
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size): joins the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
 
 def main(cfg: Config) -> dict:
-    return Trainer(cfg).train()
+    try:
+        return Trainer(cfg).train()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def cli() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if int(os.environ.get("RANK", 0)) > 0:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
     main(tyro.cli(Config))
 
 

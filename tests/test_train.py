@@ -85,11 +85,11 @@ def test_killed_run_resumes_exactly(dataset, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_loss = DiffusionPolicy.compute_loss
 
-    def dying_loss(self, batch):
+    def dying_loss(self, batch, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("killed")
-        return real_loss(self, batch)
+        return real_loss(self, batch, **kwargs)
 
     monkeypatch.setattr(DiffusionPolicy, "compute_loss", dying_loss)
     with pytest.raises(KeyboardInterrupt):
