@@ -31,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+DEFAULT_TASK = "pusht"  # what scripts.collect demonstrates when no task is named
 DEFAULT_SUCCESS_KEY = "is_success"
 FALLBACK_SUCCESS_KEY = "success"
 
@@ -140,6 +141,11 @@ def get_task(name: str) -> TaskSpec:
             "that registers it)"
         )
     return _TASKS[name]
+
+
+def output_name(spec: TaskSpec) -> str:
+    """The task's name as a file name (gymnasium ids may hold '/')."""
+    return spec.name.replace("/", "_").replace(":", "_")
 
 
 def import_modules(modules: Iterable[str]) -> None:

@@ -47,13 +47,21 @@ from tqdm import tqdm
 
 from data.replay_buffer import ReplayBuffer
 from envs import DEMO_SEED_START, EVAL_SEED_START
-from envs.tasks import TaskSpec, flatten_obs, get_task, is_success, load_callable, make_env
+from envs.tasks import (
+    DEFAULT_TASK,
+    TaskSpec,
+    flatten_obs,
+    get_task,
+    is_success,
+    load_callable,
+    make_env,
+    output_name,
+)
 from scripts.env_options import EnvArgs, EnvOptions
 
 log = logging.getLogger(__name__)
 
 _NOISE_STREAM = 0xD4A7
-DEFAULT_TASK = "pusht"
 
 
 @dataclass
@@ -62,8 +70,9 @@ class Config:
     """--task NAME (default pusht) or --env-id ID with its options."""
     episodes: int = 200
     """Number of episodes the dataset should hold when done (resume counts stored ones)."""
-    out: Path = Path("outputs/data/pusht.zarr")
-    """Zarr dataset (directory store); an existing one is resumed."""
+    out: Path | None = None
+    """Zarr dataset (directory store; default outputs/data/<task>.zarr); an existing one is
+    resumed."""
     expert: str | None = None
     """Expert factory MODULE:CALLABLE (default: the task's own expert)."""
     images: bool = False
@@ -170,6 +179,8 @@ def _open_or_create(cfg: Config, spec: TaskSpec, expert: str) -> tuple[ReplayBuf
 def main(cfg: Config) -> dict[str, Any]:
     """Fill ``cfg.out`` up to ``cfg.episodes`` episodes; returns a summary dict."""
     spec = cfg.env.resolve(base=get_task(DEFAULT_TASK))
+    if cfg.out is None:
+        cfg.out = Path("outputs/data") / f"{output_name(spec)}.zarr"
     expert_ref = cfg.expert or spec.expert
     if expert_ref is None:
         raise ValueError(

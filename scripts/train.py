@@ -53,7 +53,7 @@ from tqdm import tqdm
 from data.dataset import WindowDataset
 from data.replay_buffer import ReplayBuffer
 from envs import EVAL_SEED_START
-from envs.tasks import TaskSpec, flat_obs_shapes, get_task, make_env
+from envs.tasks import TaskSpec, flat_obs_shapes, get_task, make_env, output_name
 from policy.checkpoint import load_state, save_state
 from policy.diffusion import DiffusionPolicy, PolicyConfig
 from policy.ema import EMA
@@ -69,8 +69,8 @@ class Config:
     dataset: Path
     """Zarr demonstration dataset (data/<key> + meta/episode_ends)."""
     env: EnvArgs = field(default_factory=EnvOptions)
-    out: Path = Path("outputs/runs/pusht")
-    """Run folder; an existing one is resumed."""
+    out: Path | None = None
+    """Run folder (default outputs/runs/<task>); an existing one is resumed."""
     obs_keys: tuple[str, ...] | None = None
     """Observation keys of the dataset that condition the policy (default: the task's, or
     every key an --env-id environment emits)."""
@@ -86,6 +86,9 @@ class Config:
     down_dims: tuple[int, ...] = (32, 64, 128)
     """UNet widths (1.2 M parameters); (256, 512, 1024) is the paper's 65.8 M network."""
     diffusion_step_embed_dim: int = 64
+    objective: Literal["diffusion", "mse"] = "diffusion"
+    """"diffusion": the diffusion policy; "mse": the regression baseline (the same UNet maps
+    the observations straight to the chunk, fit by MSE, one network evaluation to act)."""
     action_anchor: str = "task"
     """Obs key (e.g. agent_pos) that actions are made relative to; 'none': absolute actions;
     'task': the task's default (PushT: agent_pos; an --env-id environment: none)."""
@@ -199,6 +202,8 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.spec = cfg.env.resolve(base=dataset_task(cfg.dataset))
+        if cfg.out is None:
+            cfg.out = Path("outputs/runs") / output_name(self.spec)
         obs_keys, self.action_anchor = resolve_obs_and_anchor(cfg, self.spec)
         check_dataset_fits_env(cfg.dataset, self.spec, obs_keys)
         self.rank, self.world = dist_rank_world()
@@ -245,6 +250,7 @@ class Trainer:
             beta_schedule=cfg.beta_schedule,
             down_dims=cfg.down_dims,
             diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
+            objective=cfg.objective,
             sampler=cfg.eval_sampler,
             num_inference_steps=cfg.eval_inference_steps,
         )

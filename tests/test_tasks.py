@@ -116,3 +116,19 @@ def test_env_options_override_a_recorded_spec():
     assert EnvOptions().resolve(base) is base
     with pytest.raises(ValueError, match="no environment"):
         EnvOptions().resolve()
+
+
+def test_env_options_parse_from_the_command_line():
+    import tyro
+
+    from scripts.collect import Config
+
+    cfg = tyro.cli(
+        Config,
+        args=["--env-id", "X-v0", "--env-import", "a", "--env-import", "b.c",
+              "--env-kwargs", '{"k": [1, 2]}', "--success-key", "solved",
+              "--max-episode-steps", "9"],
+    )  # fmt: skip
+    opts = cfg.env
+    assert (opts.env_id, opts.env_import, opts.kwargs()) == ("X-v0", ("a", "b.c"), {"k": [1, 2]})
+    assert (opts.success_key, opts.max_episode_steps) == ("solved", 9)
