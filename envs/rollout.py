@@ -56,13 +56,15 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict:
-    """Success rate with its 95 % CI, the mean of per-episode maximum reward, env errors."""
+    """Success rate with its 95 % CI, the mean of per-episode maximum reward (over episodes
+    that took a step; None if none did), env errors."""
     n, wins = len(results), sum(r.success for r in results)
     lo, hi = wilson_interval(wins, n)
+    stepped = [r.max_reward for r in results if r.steps > 0]  # an env error at reset has none
     return {
         "success_rate": wins / n if n else 0.0,
         "success_ci95": [lo, hi],
-        "mean_max_reward": float(np.mean([r.max_reward for r in results])) if n else 0.0,
+        "mean_max_reward": float(np.mean(stepped)) if stepped else None,
         "episodes": n,
         "seeds": [r.seed for r in results],
         "successes": [r.success for r in results],
@@ -94,7 +96,8 @@ def rollout(
             f"n_obs_steps and n_action_steps must be >= 1, got {n_obs_steps}, {n_action_steps}"
         )
     envs = [make_env(i < n_videos) for i in range(len(seeds))]
-    results = [EpisodeResult(int(s), False, 0.0, 0.0, 0) for s in seeds]
+    # max_reward starts below any reward: environments with only negative rewards exist
+    results = [EpisodeResult(int(s), False, -math.inf, 0.0, 0) for s in seeds]
     history: list[deque] = []
     active = []
     for i, (env, seed, res) in enumerate(zip(envs, seeds, results, strict=True)):

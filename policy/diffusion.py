@@ -10,6 +10,11 @@ DDIM (k << K) steps, and the Ta actions aligned with the newest observation are 
     obs       |-- To --|
     chunk     |------------- T ---------------|
     executed           |-- Ta --|   (indices To-1 ... To+Ta-2 of the chunk)
+
+``PolicyConfig.objective = "mse"`` is the regression baseline with the same network, data and
+conditioning: the UNet maps a zero chunk at timestep 0 straight to the normalized chunk, is fit
+by plain MSE, and predicts with one network evaluation. It can only return the conditional
+mean, which is what a multimodal task punishes (tests/test_diffusion.py).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from policy.schedule import NoiseSchedule
 from policy.unet1d import ConditionalUnet1D
 
 Sampler = Literal["ddpm", "ddim"]
+Objective = Literal["diffusion", "mse"]
+MSE_SAMPLER = "mse"  # what sampler_settings reports for the regression baseline (k = 1)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -72,6 +79,10 @@ class PolicyConfig:
     """Default sampler for predict_action."""
     num_inference_steps: int = 10
     """Default k for predict_action (k = K for full DDPM)."""
+    objective: Objective = "diffusion"
+    """"diffusion": epsilon prediction, sampled with DDPM / DDIM. "mse": the same network
+    regresses the normalized chunk directly (input a zero chunk, timestep 0) and predicts with
+    one evaluation; the schedule and sampler settings are then unused."""
 
     def __post_init__(self) -> None:
         self.obs_shapes = {k: tuple(int(d) for d in v) for k, v in self.obs_shapes.items()}
@@ -109,6 +120,8 @@ class PolicyConfig:
         if self.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {self.sampler!r}; use 'ddpm' or 'ddim'")
         check_inference_steps(self.num_inference_steps, self.num_train_timesteps)
+        if self.objective not in ("diffusion", "mse"):
+            raise ValueError(f"unknown objective {self.objective!r}; use 'diffusion' or 'mse'")
         if self.action_anchor is not None and self.obs_shapes.get(self.action_anchor) != (
             self.action_dim,
         ):
@@ -222,11 +235,13 @@ class DiffusionPolicy(nn.Module):
         noise: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Epsilon-prediction MSE (Ho et al. 2020, eq. 14) on a batch of windows.
+        """Epsilon-prediction MSE (Ho et al. 2020, eq. 14) on a batch of windows; with
+        objective "mse", the MSE between the network's chunk and the normalized target chunk.
 
         batch = {"obs": {key: (B, >=To, ...)}, "action": (B, T, Da)} in raw units. The window's
         first To observation steps condition the chunk (the timing convention). `noise`
-        (B, T, Da) and `timesteps` (B,) may be given (default: drawn from torch's global RNG).
+        (B, T, Da) and `timesteps` (B,) may be given (default: drawn from torch's global RNG);
+        the "mse" objective ignores them.
         """
         cfg = self.cfg
         obs = {k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()}  # (B, To, ...)
@@ -237,6 +252,8 @@ class DiffusionPolicy(nn.Module):
             )
         cond = self.encode_obs(obs)  # (B, To * Do)
         x0 = self.normalizer.normalize("action", action - self.anchor(obs))  # (B, T, Da)
+        if cfg.objective == "mse":
+            return F.mse_loss(self._regress(cond), x0)
         noise = torch.randn_like(x0) if noise is None else noise  # (B, T, Da)
         t = (
             torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)
@@ -246,16 +263,29 @@ class DiffusionPolicy(nn.Module):
         x_t = self.schedule.add_noise(x0, noise, t)  # (B, T, Da)
         return F.mse_loss(self.net(x_t, t, cond), noise)
 
+    def _regress(self, cond: torch.Tensor) -> torch.Tensor:
+        """The "mse" objective's normalized chunk: one network evaluation on a zero chunk at
+        timestep 0, so that the only input that varies is the condition."""
+        shape = (cond.shape[0], self.cfg.horizon, self.cfg.action_dim)
+        return self.net(torch.zeros(shape, device=cond.device), 0, cond)  # (B, T, Da)
+
     # ---------------------------------------------------------------- inference
     def sampler_settings(
         self, sampler: Sampler | None = None, k: int | None = None
-    ) -> tuple[Sampler, int]:
+    ) -> tuple[str, int]:
         """The (sampler, k) predict_action uses: the config's defaults for what is None
-        (k = K for DDPM, 10 for DDIM when the sampler is not the configured one)."""
+        (k = K for DDPM, 10 for DDIM when the sampler is not the configured one). The "mse"
+        objective ignores both and reports ("mse", 1): one network evaluation."""
         cfg = self.cfg
+        if sampler not in (None, "ddpm", "ddim", MSE_SAMPLER):
+            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
+        if cfg.objective == "mse":
+            return MSE_SAMPLER, 1
         sampler = sampler or cfg.sampler
         if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
+            raise ValueError(
+                f"sampler {sampler!r} is only for objective 'mse'; use 'ddpm' or 'ddim'"
+            )
         if k is None:
             k = cfg.num_inference_steps if sampler == cfg.sampler else None
         k = k or (cfg.num_train_timesteps if sampler == "ddpm" else 10)
@@ -270,37 +300,58 @@ class DiffusionPolicy(nn.Module):
         num_inference_steps: int | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         noise: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+        return_trajectory: bool = False,
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Denoise an action chunk for each batch element of obs = {key: (B, >= To, ...)}.
 
         Returns {"action": (B, Ta, Da) to execute, "action_pred": (B, T, Da) whole chunk}, raw
         units. `noise` (B, T, Da) fixes the initial sample; `generator` drives the rest: one
         generator for the batch, or a sequence of B, one per row (then each row's sample depends
-        only on its own generator, not on the other rows of the batch).
+        only on its own generator, not on the other rows of the batch). `return_trajectory`
+        adds "trajectory": k + 1 chunks (B, T, Da) in raw units, the initial noise and the
+        sample after each denoising step (the last equals "action_pred"). The "mse" objective
+        ignores sampler, k, generator and noise: one network evaluation, whose trajectory is
+        that one chunk.
         """
         cfg = self.cfg
         sampler, k = self.sampler_settings(sampler, num_inference_steps)
 
         cond = self.encode_obs(obs)  # (B, To * Do)
+        anchor = self.anchor(obs)  # (B, 1, Da) or 0
         shape = (cond.shape[0], cfg.horizon, cfg.action_dim)
         dev = self.device
-        x = noise.to(dev, torch.float32) if noise is not None else _randn(shape, generator, dev)
-        timesteps = self.schedule.inference_timesteps(k, sampler=sampler).tolist()
-        stride = cfg.num_train_timesteps // k
-        for t in timesteps:
-            eps = self.net(x, t, cond)  # (B, T, Da)
-            if sampler == "ddpm":
-                x = self.schedule.ddpm_step(
-                    eps, t, x, _randn(shape, generator, dev), prev_t=t - stride
-                )
-            else:
-                x = self.schedule.ddim_step(eps, t, t - stride, x)
-        action_pred = self.normalizer.unnormalize("action", x) + self.anchor(obs)  # (B, T, Da)
+        trajectory: list[torch.Tensor] = []
+
+        def record(x: torch.Tensor) -> None:  # x: (B, T, Da) normalized
+            if return_trajectory:
+                trajectory.append(self.normalizer.unnormalize("action", x) + anchor)
+
+        if cfg.objective == "mse":
+            x = self._regress(cond)  # (B, T, Da)
+        else:
+            x = noise.to(dev, torch.float32) if noise is not None else _randn(shape, generator, dev)
+            record(x)
+            timesteps = self.schedule.inference_timesteps(k, sampler=sampler).tolist()
+            stride = cfg.num_train_timesteps // k
+            for t in timesteps:
+                eps = self.net(x, t, cond)  # (B, T, Da)
+                if sampler == "ddpm":
+                    x = self.schedule.ddpm_step(
+                        eps, t, x, _randn(shape, generator, dev), prev_t=t - stride
+                    )
+                else:
+                    x = self.schedule.ddim_step(eps, t, t - stride, x)
+                if t != timesteps[-1]:  # the last one is action_pred, appended below
+                    record(x)
+        action_pred = self.normalizer.unnormalize("action", x) + anchor  # (B, T, Da)
         start = cfg.n_obs_steps - 1
-        return {
+        out: dict[str, torch.Tensor | list[torch.Tensor]] = {
             "action": action_pred[:, start : start + cfg.n_action_steps],
             "action_pred": action_pred,
         }
+        if return_trajectory:
+            out["trajectory"] = [*trajectory, action_pred]
+        return out
 
     # ---------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path, metadata: Mapping | None = None) -> None:
@@ -373,4 +424,4 @@ def _versions() -> dict[str, str]:
     }
 
 
-__all__ = ["DiffusionPolicy", "PolicyConfig", "Sampler"]
+__all__ = ["DiffusionPolicy", "Objective", "PolicyConfig", "Sampler"]

@@ -186,9 +186,11 @@ def evaluate_policy(
     policy.train(was_training)
     bar.close()
     summary = summarize(results)
+    # what actually ran: e.g. ("mse", 1) for the regression baseline, whatever was asked
+    sampler_used, k_used = policy.sampler_settings(sampler, inference_steps)
     summary.update(
-        sampler=sampler,
-        inference_steps=policy.sampler_settings(sampler, inference_steps)[1],
+        sampler=sampler_used,
+        inference_steps=k_used,
         n_action_steps=n_action_steps,
         wall_time_s=time.perf_counter() - t0,
         task=spec.name,
@@ -227,10 +229,10 @@ def main(cfg: Config) -> dict:
     lo, hi = summary["success_ci95"]
     print(f"checkpoint     {policy_dir} (step {summary['train_step']})")
     print(f"environment    {spec.env_id} (task {spec.name})")
-    print(f"sampler        {cfg.sampler} k={summary['inference_steps']} on {device}")
+    print(f"sampler        {summary['sampler']} k={summary['inference_steps']} on {device}")
     print(f"episodes       {summary['episodes']} (seeds {seeds[0]}..{seeds[-1]})")
     print(f"success rate   {summary['success_rate']:.3f}  (95% CI {lo:.3f}-{hi:.3f})")
-    print(f"mean max reward {summary['mean_max_reward']:.3f}")
+    print(f"mean max reward {_fmt(summary['mean_max_reward'])}")
     print(f"wall time      {summary['wall_time_s']:.1f} s")
     for err in summary["errors"]:
         print(f"env error      seed {err['seed']}: {err['error']}")
@@ -241,6 +243,10 @@ def main(cfg: Config) -> dict:
         cfg.json.write_text(json.dumps(summary, indent=2))
         print(f"results        {cfg.json}")
     return summary
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def cli() -> None:

@@ -95,3 +95,14 @@ def test_wilson_interval_hand_values_and_summary():
     s = summarize(results)
     assert s["success_rate"] == 0.5 and s["episodes"] == 2 and s["seeds"] == [0, 6]
     assert s["mean_max_reward"] == pytest.approx((1.0 + 4 / 9) / 2)
+
+
+def test_max_reward_of_negative_rewards_is_the_largest_one():
+    class Negative(CountEnv):
+        def step(self, action):
+            obs, reward, term, trunc, info = super().step(action)
+            return obs, reward - 10.0, term, trunc, info
+
+    (r,) = rollout(lambda o, s: np.full((1, 1, 1), 0.1), lambda r: Negative(horizon=3), [2], 1, 1)
+    assert r.max_reward == pytest.approx(0.3 / 5 - 10.0)  # the last step's, not 0
+    assert summarize([r])["mean_max_reward"] == pytest.approx(r.max_reward)

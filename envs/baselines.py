@@ -1,0 +1,166 @@
+"""Non-learned baselines as rollout policies: the task's scripted expert, and uniform random.
+
+Both are policy callables of ``envs.rollout`` (``policy(obs {key: (B, To, ...)}, seeds (B,))
+-> actions (B, >= Ta, Da)``), so ``evaluate_baseline`` runs them through the same batched
+``rollout`` + ``summarize`` as a learned policy (scripts.eval.evaluate_policy), on the same
+seeds, and their numbers are comparable with the diffusion policy's.
+
+* ``ExpertPolicy``: one expert per episode, built by the task's expert factory (the protocol of
+  scripts.collect), ``reset(seed)`` with the episode's seed the first time that seed is seen
+  (right after the rollout reset its env), then asked for one action per step from the newest
+  observation. Run it with To = 1, Ta = 1: the expert is a feedback controller, like in
+  scripts.collect, where it writes the demonstrations (without their DART noise here).
+* ``RandomPolicy``: actions drawn uniformly from the env's Box action space, from a generator
+  seeded by the episode's seed, so an episode's result depends on its seed only.
+
+No torch here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from tqdm import tqdm
+
+from envs.rollout import EpisodeResult, rollout, summarize
+from envs.tasks import TaskSpec, episode_limit, load_callable, make_env
+
+Baseline = Literal["expert", "random"]
+BASELINES: tuple[str, ...] = ("expert", "random")
+_RANDOM_STREAM = 0x5EED  # mixed into the episode seed: draws independent of the env's own
+
+
+class ExpertPolicy:
+    """The task's scripted expert as a rollout policy: one expert per episode seed."""
+
+    def __init__(self, factory: Callable[[gym.Env], Any], env: gym.Env) -> None:
+        self.factory, self.env = factory, env
+        self.experts: dict[int, Any] = {}
+
+    @classmethod
+    def for_task(cls, spec: TaskSpec, expert: str | None = None) -> ExpertPolicy:
+        """The expert ``expert`` (MODULE:CALLABLE, default the task's own) for ``spec``; the
+        factory gets an env of the task (kept open until ``close``), as in scripts.collect."""
+        ref = expert or spec.expert
+        if ref is None:
+            raise ValueError(
+                f"task {spec.name!r} has no scripted expert (TaskSpec.expert); the 'expert' "
+                "baseline needs one"
+            )
+        return cls(load_callable(ref, "expert"), make_env(spec))
+
+    def __call__(self, obs: dict[str, np.ndarray], seeds: np.ndarray) -> np.ndarray:
+        actions = []
+        for row, seed in enumerate(seeds):
+            expert = self.experts.get(int(seed))
+            if expert is None:  # the episode's first step: its env was just reset(seed)
+                expert = self.experts[int(seed)] = self.factory(self.env)
+                expert.reset(int(seed))
+            newest = {k: v[row, -1] for k, v in obs.items()}  # one step, as collect feeds it
+            actions.append(np.asarray(expert(newest), dtype=np.float32))
+        return np.stack(actions)[:, None]  # (B, 1, Da)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class RandomPolicy:
+    """Uniform actions from a Box action space, one generator per episode seed."""
+
+    def __init__(self, action_space: spaces.Space, n_action_steps: int = 1) -> None:
+        if not isinstance(action_space, spaces.Box) or not (
+            np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()
+        ):
+            raise ValueError(
+                f"the random baseline needs a bounded Box action space, got {action_space}"
+            )
+        self.low = action_space.low.astype(np.float64)
+        self.high = action_space.high.astype(np.float64)
+        self.dtype = action_space.dtype
+        self.n_action_steps = n_action_steps
+        self.rngs: dict[int, np.random.Generator] = {}
+
+    @classmethod
+    def for_task(cls, spec: TaskSpec, n_action_steps: int = 1) -> RandomPolicy:
+        env = make_env(spec)
+        try:
+            return cls(env.action_space, n_action_steps)
+        finally:
+            env.close()
+
+    def __call__(self, obs: dict[str, np.ndarray], seeds: np.ndarray) -> np.ndarray:
+        shape = (self.n_action_steps, *self.low.shape)
+        rows = [
+            self.rngs.setdefault(int(s), np.random.default_rng([int(s), _RANDOM_STREAM])).uniform(
+                self.low, self.high, size=shape
+            )  # (Ta, Da)
+            for s in seeds
+        ]
+        return np.stack(rows).astype(self.dtype)  # (B, Ta, Da)
+
+    def close(self) -> None:
+        pass
+
+
+def make_baseline(method: str, spec: TaskSpec) -> ExpertPolicy | RandomPolicy:
+    """A fresh baseline policy (its per-episode state empty) for ``spec``."""
+    if method == "expert":
+        return ExpertPolicy.for_task(spec)
+    if method == "random":
+        return RandomPolicy.for_task(spec)
+    raise ValueError(f"unknown baseline {method!r}; expected one of {BASELINES}")
+
+
+def evaluate_baseline(
+    method: str,
+    spec: TaskSpec,
+    seeds: Sequence[int],
+    n_videos: int = 0,
+    progress: bool = False,
+) -> tuple[dict, list[EpisodeResult]]:
+    """Roll a baseline out on each seed (batched, To = Ta = 1); returns (summary dict,
+    per-episode results) with the keys of scripts.eval.evaluate_policy's summary."""
+    policy = make_baseline(method, spec)
+    probe = make_env(spec)
+    max_steps = episode_limit(probe) or 1000
+    probe.close()
+    bar = tqdm(total=len(seeds) * max_steps, unit="step", disable=not progress, leave=False)
+    t0 = time.perf_counter()
+    try:
+        results = rollout(
+            policy,
+            lambda render: make_env(spec, render=render),
+            list(seeds),
+            n_obs_steps=1,
+            n_action_steps=1,
+            n_videos=n_videos,
+            progress=bar.update,
+            success_key=spec.success_key,
+        )
+    finally:
+        policy.close()
+        bar.close()
+    summary = summarize(results)
+    summary.update(
+        sampler=method,
+        inference_steps=None,
+        n_action_steps=1,
+        wall_time_s=time.perf_counter() - t0,
+        task=spec.name,
+        env_id=spec.env_id,
+    )
+    return summary, results
+
+
+__all__ = [
+    "BASELINES",
+    "ExpertPolicy",
+    "RandomPolicy",
+    "evaluate_baseline",
+    "make_baseline",
+]

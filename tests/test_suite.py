@@ -1,0 +1,118 @@
+"""scripts.suite --quick on the toy task: data, training, evaluation of every method, the
+inference-steps sweep, the leaderboard and the plots; then a second run that redoes nothing."""
+
+import json
+
+import pytest
+import torch
+import tyro
+
+import tests.toy_envs  # noqa: F401 -- registers ToyReach-v0
+from envs.tasks import TaskSpec, register_task
+from scripts import suite
+
+TOY = TaskSpec(
+    name="toy_reach",
+    env_id="ToyReach-v0",
+    env_imports=("tests.toy_envs",),
+    expert="tests.toy_envs:ToyReachExpert",
+    video_size=None,
+)
+
+
+def run(out, *extra):
+    args = ["--tasks", "toy_reach", "--out", str(out), "--quick", "--no-progress",
+            "--train-seeds", "0", "1", *extra]  # fmt: skip
+    return suite.main(tyro.cli(suite.Config, args=args))
+
+
+def _boom(*args, **kwargs):
+    raise AssertionError("a resumed suite redid finished work")
+
+
+def test_quick_suite_writes_the_leaderboard_and_plots_and_resumes(tmp_path, monkeypatch):
+    register_task(TOY, overwrite=True)
+    first = run(tmp_path)
+
+    # every stage ran once: data, 2 methods x 2 seeds of training and evaluation, 2 baselines,
+    # 2 sweep settings per diffusion seed
+    assert len(first["ran"]) == 1 + 4 + 4 + 2 + 4 and first["skipped"] == []
+    for method in ("diffusion", "mse"):
+        for seed in (0, 1):
+            run_dir = tmp_path / "runs" / "toy_reach" / method / f"seed{seed}"
+            assert suite.finished_step(run_dir) == 2
+    rows = {(r["method"], r["train_seed"]): r for r in first["rows"]}
+    assert list(rows) == [("diffusion", 0), ("diffusion", 1), ("mse", 0), ("mse", 1),
+                          ("expert", None), ("random", None)]  # fmt: skip
+    for r in rows.values():  # the same held-out episodes for every method
+        assert r["seeds"] == [100_000, 100_001] and r["eval_time_s"] > 0 and r["latency_ms"] > 0
+    assert (rows["diffusion", 0]["sampler"], rows["diffusion", 0]["inference_steps"]) == (
+        "ddim",
+        10,
+    )
+    assert (rows["mse", 1]["sampler"], rows["mse", 1]["inference_steps"]) == ("mse", 1)
+    assert rows["expert", None]["success_rate"] == 1.0
+    assert rows["mse", 0]["train_steps"] == 2 and rows["mse", 0]["train_time_s"] > 0
+    assert {m["method"] for m in first["means"]} == {"diffusion", "mse"}
+
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert board["rows"] == json.loads(json.dumps(first["rows"]))
+    assert board["header"]["torch"] == torch.__version__ and board["header"]["episodes"] == 2
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "## toy_reach" in md and "| expert | - | 1.00 (0.34-1.00) |" in md
+    assert "| diffusion | **mean** |" in md and torch.__version__ in md
+    assert board["header"]["machine"].split(",")[0] in md  # the CPU model
+    for kind in ("training", "inference_steps"):
+        png = tmp_path / "plots" / f"toy_reach_{kind}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"](plots/{png.name})" in md
+    sweep = tmp_path / "results" / "toy_reach" / "diffusion_sweep"
+    assert sorted(p.name for p in sweep.iterdir()) == [
+        "seed0_ddim1.json", "seed0_ddim2.json", "seed1_ddim1.json", "seed1_ddim2.json",
+    ]  # fmt: skip
+
+    # a second run finds everything done: no worker may be called, no file is rewritten
+    work = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    work |= {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*") if p.is_file()}
+    for target in ("scripts.train.main", "scripts.collect.main"):
+        monkeypatch.setattr(target, _boom)
+    monkeypatch.setattr(suite, "evaluate_policy", _boom)
+    monkeypatch.setattr(suite, "evaluate_baseline", _boom)
+    second = run(tmp_path)
+    assert second["ran"] == [] and second["skipped"] == first["ran"]
+    assert second["rows"] == first["rows"]
+    assert {p: p.stat().st_mtime_ns for p in work} == work
+
+    # ... and redoes exactly what is missing
+    monkeypatch.undo()
+    (tmp_path / "results" / "toy_reach" / "random" / "untrained.json").unlink()
+    assert run(tmp_path)["ran"] == ["toy_reach/random: evaluate"]
+
+
+def test_training_time_adds_up_log_intervals_across_a_resume(tmp_path):
+    records = [
+        {"step": 100, "loss": 1.0, "it_s": 10.0},
+        {"step": 200, "loss": 0.9, "it_s": 20.0},
+        {"step": 200, "eval_success": 0.5, "eval_s": 5.0},
+        {"step": 300, "loss": 0.8, "it_s": 1.0},  # killed after this, resumed from step 200
+        {"step": 300, "loss": 0.8, "it_s": 50.0},
+        {"step": 400, "loss": 0.7, "it_s": 25.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    t = suite.training_time(tmp_path)
+    assert t["train_time_s"] == pytest.approx(100 / 10 + 100 / 20 + 100 / 50 + 100 / 25)
+    assert t["train_steps"] == 400 and t["train_rollout_eval_s"] == 5.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sweep=("ddim0",)), "--sweep entry 'ddim0'"),
+        (dict(sweep=("euler5",)), "--sweep entry 'euler5'"),
+        (dict(methods=("mse", "mse")), r"--methods \('mse', 'mse'\) repeats"),
+        (dict(episodes=0), "--episodes must be >= 1"),
+        (dict(methods=("mse",), train_seeds=()), "no --train-seeds"),
+    ],
+)
+def test_bad_suite_config_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        suite.Config(**kwargs)
