@@ -543,6 +543,10 @@ def _seconds(x: float | None) -> str:
     return f"{x:.2f} s" if x < 1 else f"{x:.1f} s" if x < 100 else f"{x:.0f} s"
 
 
+def _reward(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def markdown(header: dict, rows: list[dict], means: list[dict], plots: dict, root: Path) -> str:
     h = header
     lines = [
@@ -649,7 +653,3 @@ def cli() -> None:
 
 if __name__ == "__main__":
     cli()
-
-
-def _reward(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
