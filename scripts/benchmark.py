@@ -55,7 +55,8 @@ class Config:
     """Optimizer steps per "ddp" run (the second half is timed)."""
 
 
-def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
+def median_ms(fn, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of `repeats` calls of fn in ms, after `warmup` untimed calls."""
     sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
     for _ in range(warmup):
         fn()
@@ -86,7 +87,7 @@ def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
                 def call(policy=policy, obs=obs, sampler=sampler, k=k):
                     return policy.predict_action(obs, sampler, k)
 
-                ms = _median_ms(call, reps, warmup=1)
+                ms = median_ms(call, reps, warmup=1)
                 rows.append(
                     {
                         "model": name,
@@ -122,7 +123,7 @@ def bench_train(steps: int, device: str = "cpu") -> list[dict]:
                 loss.backward()
                 opt.step()
 
-            ms = _median_ms(step, steps, warmup=2)
+            ms = median_ms(step, steps, warmup=2)
             rows.append(
                 {
                     "model": name,
@@ -188,17 +189,20 @@ def bench_ddp(procs: tuple[int, ...], steps: int, batch: int = 256) -> list[dict
     return rows
 
 
-def machine() -> dict:
-    cpu = platform.processor()
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

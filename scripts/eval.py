@@ -99,13 +99,14 @@ def policy_task(policy: DiffusionPolicy) -> TaskSpec:
 
 def check_env_fits(
     spec: TaskSpec, obs_shapes: dict, action_dim: int, what: str = "the policy"
-) -> None:
+) -> int | None:
     """Raise ValueError unless the env emits every key of `what` (a policy or a dataset) with
-    its per-step shape, and takes actions of its size."""
+    its per-step shape, and takes actions of its size; returns the env's episode limit."""
     env = make_env(spec, obs_keys=obs_shapes)
     try:
         emitted = {k: shape for k, (shape, _) in flat_obs_shapes(env.observation_space).items()}
         action_shape = tuple(env.action_space.shape or ())
+        limit = episode_limit(env)
     finally:
         env.close()
     missing = sorted(set(obs_shapes) - set(emitted))
@@ -125,6 +126,7 @@ def check_env_fits(
             f"{what} has actions of shape ({action_dim},) but environment "
             f"{spec.env_id!r} takes {action_shape}"
         )
+    return limit
 
 
 def episode_generator(noise_seed: int, episode_seed: int, device: torch.device) -> torch.Generator:
@@ -153,7 +155,7 @@ def evaluate_policy(
             f"{pcfg.horizon - pcfg.n_obs_steps + 1}]"
         )
     keys = list(pcfg.obs_shapes)
-    check_env_fits(spec, pcfg.obs_shapes, pcfg.action_dim)
+    max_steps = check_env_fits(spec, pcfg.obs_shapes, pcfg.action_dim) or 1000
     generators: dict[int, torch.Generator] = {}
 
     def policy_fn(obs: dict[str, np.ndarray], batch_seeds: np.ndarray) -> np.ndarray:
@@ -166,9 +168,6 @@ def evaluate_policy(
         # every action from the newest observation on; the rollout executes n_action_steps
         return out["action_pred"][:, pcfg.n_obs_steps - 1 :].float().cpu().numpy()
 
-    probe = make_env(spec, obs_keys=keys)
-    max_steps = episode_limit(probe) or 1000
-    probe.close()
     bar = tqdm(total=len(seeds) * max_steps, unit="step", disable=not progress, leave=False)
     t0 = time.perf_counter()
     was_training = policy.training

@@ -41,7 +41,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import re
 import time
 from collections.abc import Callable
@@ -63,6 +62,7 @@ from envs.rollout import wilson_interval
 from envs.tasks import TaskSpec, flatten_obs, get_task, import_modules, make_env, output_name
 from policy.diffusion import DiffusionPolicy
 from scripts import collect, train
+from scripts.benchmark import cpu_model, median_ms
 from scripts.env_options import EnvOptions
 from scripts.eval import evaluate_policy, find_policy_dir, policy_task, resolve_device
 from scripts.plots import last_per_step, plot_inference_steps, plot_training, read_metrics
@@ -367,7 +367,7 @@ class Suite:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # time the work, not its launch
 
-        return median_ms(call, self.cfg.latency_calls)
+        return median_ms(call, self.cfg.latency_calls, warmup=WARMUP_CALLS)
 
     def baseline_latency_ms(self, spec: TaskSpec, method: str) -> float:
         policy = make_baseline(method, spec)  # a fresh one: the evaluation's state stays apart
@@ -375,7 +375,9 @@ class Suite:
         batch = {key: v[None, None] for key, v in obs.items()}  # (1, 1, ...)
         seeds = np.array([self.seeds[0]])
         try:
-            return median_ms(lambda: policy(batch, seeds), self.cfg.latency_calls)
+            return median_ms(
+                lambda: policy(batch, seeds), self.cfg.latency_calls, warmup=WARMUP_CALLS
+            )
         finally:
             policy.close()
 
@@ -473,29 +475,9 @@ def training_time(run: Path) -> dict:
     }
 
 
-def median_ms(fn: Callable[[], Any], calls: int) -> float:
-    """Median wall time of `calls` calls of fn, in ms, after WARMUP_CALLS untimed ones."""
-    for _ in range(WARMUP_CALLS):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * float(np.median(times))
-
-
 def machine(device: torch.device) -> str:
     """CPU model (/proc/cpuinfo) and core count, and the GPU when one is used."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} CPUs"
+    text = f"{cpu_model()}, {os.cpu_count()} CPUs"
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"
     return text

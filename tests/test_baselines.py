@@ -5,18 +5,11 @@ result depends on its seed only."""
 import numpy as np
 import pytest
 
-import tests.toy_envs  # noqa: F401 -- registers ToyReach-v0
 from envs import EVAL_SEED_START
 from envs.baselines import ExpertPolicy, RandomPolicy, evaluate_baseline, make_baseline
-from envs.tasks import TaskSpec, get_task
+from envs.tasks import get_task
+from tests.toy_envs import TOY_TASK as TOY  # importing it also registers ToyReach-v0
 
-TOY = TaskSpec(
-    name="toy_reach",
-    env_id="ToyReach-v0",
-    env_imports=("tests.toy_envs",),
-    expert="tests.toy_envs:ToyReachExpert",
-    video_size=None,
-)
 SEEDS = [EVAL_SEED_START + i for i in range(10)]
 
 

@@ -7,17 +7,9 @@ import pytest
 import torch
 import tyro
 
-import tests.toy_envs  # noqa: F401 -- registers ToyReach-v0
-from envs.tasks import TaskSpec, register_task
+from envs.tasks import register_task
 from scripts import suite
-
-TOY = TaskSpec(
-    name="toy_reach",
-    env_id="ToyReach-v0",
-    env_imports=("tests.toy_envs",),
-    expert="tests.toy_envs:ToyReachExpert",
-    video_size=None,
-)
+from tests.toy_envs import TOY_TASK as TOY  # importing it also registers ToyReach-v0
 
 
 def run(out, *extra):

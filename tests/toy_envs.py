@@ -14,6 +14,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.tasks import TaskSpec
+
 
 class ToyReach(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -86,3 +88,12 @@ class ToyReachExpert:
 for _id, _kw in (("ToyReach-v0", {}), ("ToyReachBox-v0", {"box_obs": True})):
     if _id not in gym.registry:
         gym.register(_id, entry_point=ToyReach, max_episode_steps=60, kwargs=_kw)
+
+# the same environment as a task (the suite and baseline tests register or pass it)
+TOY_TASK = TaskSpec(
+    name="toy_reach",
+    env_id="ToyReach-v0",
+    env_imports=("tests.toy_envs",),
+    expert="tests.toy_envs:ToyReachExpert",
+    video_size=None,
+)
