@@ -27,3 +27,16 @@ if "PushT-v0" not in gym.registry:
         max_episode_steps=300,
         kwargs={"max_episode_steps": None},
     )
+
+# Franka Panda tasks (envs/panda): the TimeLimit is the task's (envs.tasks), as for PushT.
+for _id, _cls, _steps in (
+    ("PandaLift-v0", "PandaLiftEnv", 80),
+    ("PandaStack-v0", "PandaStackEnv", 150),
+):
+    if _id not in gym.registry:
+        gym.register(
+            id=_id,
+            entry_point=f"envs.panda.env:{_cls}",
+            max_episode_steps=_steps,
+            kwargs={"max_episode_steps": None},
+        )

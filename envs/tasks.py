@@ -321,6 +321,38 @@ register_task(
     )
 )
 
+# Franka Panda (envs/panda): 10 Hz Cartesian deltas + gripper, absolute-free (no anchor).
+# State: hand pose and opening + cube poses; images: front + wrist cameras + proprioception.
+_PANDA = dict(
+    env_imports=("envs",),
+    control_hz=10.0,
+    key_kwargs={"front_img": {"obs_mode": "image"}, "wrist_img": {"obs_mode": "image"}},
+    image_keys=("front_img", "wrist_img"),
+    video_size=256,
+    video_size_kwargs=("render_size",),
+)
+_PANDA_PROPRIO = ("eef_pos", "eef_yaw", "gripper")
+register_task(
+    TaskSpec(
+        name="panda_lift",
+        env_id="PandaLift-v0",
+        max_episode_steps=80,
+        obs_keys=(*_PANDA_PROPRIO, "cube_pos", "cube_quat"),
+        expert="envs.panda.experts:make_lift_expert",
+        **_PANDA,
+    )
+)
+register_task(
+    TaskSpec(
+        name="panda_stack",
+        env_id="PandaStack-v0",
+        max_episode_steps=150,
+        obs_keys=(*_PANDA_PROPRIO, "cube_a_pos", "cube_a_quat", "cube_b_pos", "cube_b_quat"),
+        expert="envs.panda.experts:make_stack_expert",
+        **_PANDA,
+    )
+)
+
 __all__ = [
     "TaskSpec",
     "UnknownTaskError",
