@@ -337,7 +337,7 @@ register_task(
         name="panda_lift",
         env_id="PandaLift-v0",
         max_episode_steps=80,
-        obs_keys=(*_PANDA_PROPRIO, "cube_pos", "cube_quat"),
+        obs_keys=(*_PANDA_PROPRIO, "cube_pos", "cube_quat", "eef_to_cube"),
         expert="envs.panda.experts:make_lift_expert",
         **_PANDA,
     )
@@ -347,7 +347,12 @@ register_task(
         name="panda_stack",
         env_id="PandaStack-v0",
         max_episode_steps=150,
-        obs_keys=(*_PANDA_PROPRIO, "cube_a_pos", "cube_a_quat", "cube_b_pos", "cube_b_quat"),
+        obs_keys=(
+            *_PANDA_PROPRIO,
+            *("cube_a_pos", "cube_a_quat", "eef_to_cube_a"),
+            *("cube_b_pos", "cube_b_quat", "eef_to_cube_b"),
+            "cube_a_to_cube_b",
+        ),
         expert="envs.panda.experts:make_stack_expert",
         **_PANDA,
     )

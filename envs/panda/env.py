@@ -9,7 +9,9 @@ Cartesian space, as in robomimic.
 
 Observations (a dict): ``eef_pos`` (grasp site, metres, world frame with the robot base at the
 origin and the table top at z = 0), ``eef_yaw`` (heading of the palm, radians), ``gripper``
-(finger opening, metres), and per cube ``<cube>_pos`` and ``<cube>_quat`` (w >= 0). ``obs_mode="image"``
+(finger opening, metres), per cube ``<cube>_pos``, ``<cube>_quat`` (w >= 0) and
+``eef_to_<cube>`` (cube position minus hand position, as robosuite's object state has it),
+and with two cubes ``cube_a_to_cube_b`` (b minus a). ``obs_mode="image"``
 adds ``front_img`` and ``wrist_img`` (``image_size`` square RGB uint8); the cube poses stay, so
 experts can still demonstrate and datasets keep both (a policy picks its keys).
 
@@ -107,6 +109,9 @@ class PandaEnv(gym.Env):
         obs = {"eef_pos": box(3), "eef_yaw": box(1), "gripper": box(1)}
         for cube in self.CUBES:
             obs[f"{cube.name}_pos"], obs[f"{cube.name}_quat"] = box(3), box(4)
+            obs[f"eef_to_{cube.name}"] = box(3)
+        if len(self.CUBES) == 2:
+            obs[f"{self.CUBES[0].name}_to_{self.CUBES[1].name}"] = box(3)
         if obs_mode == "image":
             img = spaces.Box(0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8)
             obs["front_img"], obs["wrist_img"] = img, img
@@ -241,6 +246,10 @@ class PandaEnv(gym.Env):
         for cube in self.CUBES:
             obs[f"{cube.name}_pos"] = f32(self.cube_pos(cube.name))
             obs[f"{cube.name}_quat"] = f32(self.cube_quat(cube.name))
+            obs[f"eef_to_{cube.name}"] = obs[f"{cube.name}_pos"] - obs["eef_pos"]
+        if len(self.CUBES) == 2:
+            a, b = (c.name for c in self.CUBES)
+            obs[f"{a}_to_{b}"] = obs[f"{b}_pos"] - obs[f"{a}_pos"]
         if self.obs_mode == "image":
             obs["front_img"] = self._render_frame(self.image_size, "front")
             obs["wrist_img"] = self._render_frame(self.image_size, "wrist")
