@@ -137,23 +137,33 @@ def bench_train(steps: int, device: str = "cpu") -> list[dict]:
 
 
 def bench_env(steps: int = 2000) -> list[dict]:
+    """Env steps/s with uniform random actions, per environment and observation mode."""
     import gymnasium as gym
 
-    import envs  # noqa: F401  (registers PushT-v0)
+    import envs  # noqa: F401  (registers PushT-v0 and the Panda ids)
 
     rows = []
-    for mode in ("state", "keypoint", "image"):
-        env = gym.make("PushT-v0", obs_mode=mode)
-        env.reset(seed=0)
-        rng = np.random.default_rng(0)
-        n = steps if mode != "image" else steps // 4
-        t0 = time.perf_counter()
-        for _ in range(n):
-            _, _, term, trunc, _ = env.step(rng.uniform(0, 512, 2).astype(np.float32))
-            if term or trunc:
-                env.reset()
-        rows.append({"obs_mode": mode, "steps_per_s": n / (time.perf_counter() - t0)})
-        env.close()
+    for env_id, modes in (
+        ("PushT-v0", ("state", "keypoint", "image")),
+        ("PandaLift-v0", ("state", "image")),
+        ("PandaStack-v0", ("state", "image")),
+    ):
+        for mode in modes:
+            env = gym.make(env_id, obs_mode=mode)
+            env.reset(seed=0)
+            space = env.action_space
+            rng = np.random.default_rng(0)
+            n = steps if mode != "image" else steps // 4
+            t0 = time.perf_counter()
+            for _ in range(n):
+                action = rng.uniform(space.low, space.high).astype(np.float32)
+                _, _, term, trunc, _ = env.step(action)
+                if term or trunc:
+                    env.reset()
+            rows.append(
+                {"env": env_id, "obs_mode": mode, "steps_per_s": n / (time.perf_counter() - t0)}
+            )
+            env.close()
     return rows
 
 
@@ -252,7 +262,7 @@ def main(cfg: Config) -> dict:
         _table("training samples/s, 1.2 M UNet, global batch 256, 1 vs N processes", results["ddp"])
     if "env" in cfg.sections:
         results["env"] = bench_env()
-        _table("PushT env steps/s (random actions)", results["env"])
+        _table("env steps/s (random actions)", results["env"])
     if cfg.json is not None:
         cfg.json.parent.mkdir(parents=True, exist_ok=True)
         cfg.json.write_text(json.dumps(results, indent=2))

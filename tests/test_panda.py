@@ -20,11 +20,11 @@ from envs.tasks import get_task, make_env
 def run_expert(env, expert, seed, limit=150):
     obs, info = env.reset(seed=seed)
     expert.reset(seed)
-    for step in range(limit):
+    for step in range(1, limit + 1):
         obs, _, terminated, truncated, info = env.step(expert(obs))
         if terminated or truncated:
-            break
-    return obs, info, step + 1
+            return obs, info, step
+    return obs, info, limit
 
 
 @pytest.mark.parametrize("env_id", ["PandaLift-v0", "PandaStack-v0"])
@@ -55,7 +55,7 @@ def test_same_seed_same_episode(cls):
         return frames
 
     a, b, c = episode(7), episode(7), episode(8)
-    for fa, fb in zip(a, b):
+    for fa, fb in zip(a, b, strict=True):
         for key in fa:
             np.testing.assert_array_equal(fa[key], fb[key])
     cube = "cube_pos" if "cube_pos" in a[0] else "cube_a_pos"
@@ -82,8 +82,19 @@ def test_ik_reaches_random_reachable_targets_within_2mm():
     for _ in range(20):
         target = rng.uniform([0.3, -0.25, 0.06], [0.65, 0.25, 0.35])
         yaw = rng.uniform(-1.2, 1.2)
-        q, _ = solve_ik(m, scratch, env._site, env._arm_qpos, env._arm_dof, env.home_qpos,
-                        target, yaw_down_rotation(yaw), env.home_qpos, max_iters=100, tol=1e-5)
+        q, _ = solve_ik(
+            m,
+            scratch,
+            env._site,
+            env._arm_qpos,
+            env._arm_dof,
+            env.home_qpos,
+            target,
+            yaw_down_rotation(yaw),
+            env.home_qpos,
+            max_iters=100,
+            tol=1e-5,
+        )
         # independent check: forward kinematics of the returned joints on a fresh MjData
         check = mujoco.MjData(m)
         check.qpos[env._arm_qpos] = q
@@ -168,7 +179,9 @@ def test_stack_expert_succeeds_in_both_orders():
         obs, info, _ = run_expert(env, expert, seed)
         assert info["is_success"], (seed, expert.mode)
         orders.add(expert.mode["order"])
-        top, bottom = ("cube_a", "cube_b") if expert.mode["order"] == "a_on_b" else ("cube_b", "cube_a")
+        top, bottom = (
+            ("cube_a", "cube_b") if expert.mode["order"] == "a_on_b" else ("cube_b", "cube_a")
+        )
         assert env.stacked(top, bottom) and not env.stacked(bottom, top)
         assert obs["gripper"][0] > 2 * CUBE_HALF  # let go
     assert orders == {"a_on_b", "b_on_a"}

@@ -73,9 +73,13 @@ class PandaEnv(gym.Env):
         max_episode_steps: int | None = None,
     ):
         if obs_mode not in ("state", "image"):
-            raise ValueError(f"{type(self).__name__}: obs_mode {obs_mode!r}, expected 'state' or 'image'")
+            raise ValueError(
+                f"{type(self).__name__}: obs_mode {obs_mode!r}, expected 'state' or 'image'"
+            )
         if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"{type(self).__name__}: render_mode {render_mode!r}, expected None or 'rgb_array'")
+            raise ValueError(
+                f"{type(self).__name__}: render_mode {render_mode!r}, expected None or 'rgb_array'"
+            )
         self.obs_mode, self.image_size = obs_mode, int(image_size)
         self.render_mode, self.render_size = render_mode, int(render_size)
         self.max_episode_steps = max_episode_steps
@@ -92,15 +96,20 @@ class PandaEnv(gym.Env):
         fingers = [m.joint(f"robot:{ARM_PREFIX}finger_joint{i}") for i in (1, 2)]
         self._finger_qpos = np.array([j.qposadr[0] for j in fingers])
         self._finger_geoms = {
-            side: {g for g in range(m.ngeom) if m.geom_bodyid[g] == m.body(f"{ARM_PREFIX}{side}finger").id}
+            side: {
+                g
+                for g in range(m.ngeom)
+                if m.geom_bodyid[g] == m.body(f"{ARM_PREFIX}{side}finger").id
+            }
             for side in ("left", "right")
         }
         self._site = m.site(GRASP_SITE).id
         self._cube_qpos = {c.name: m.joint(f"{c.name}_joint").qposadr[0] for c in self.CUBES}
         self._cube_geom = {c.name: m.geom(f"{c.name}_geom").id for c in self.CUBES}
         self._table_geom = m.geom("table").id
-        self.home_qpos, _ = self._ik(np.zeros(N_ARM_JOINTS) + [0, -0.2, 0, -2.5, 0, 0.7, 0],
-                                     HOME_POS, 0.0, iters=200)
+        self.home_qpos, _ = self._ik(
+            np.zeros(N_ARM_JOINTS) + [0, -0.2, 0, -2.5, 0, 0.7, 0], HOME_POS, 0.0, iters=200
+        )
         self._renderers: dict[tuple[int, str], mujoco.Renderer] = {}
         self._scene_option = mujoco.MjvOption()
 
@@ -123,8 +132,16 @@ class PandaEnv(gym.Env):
     def _ik(self, q_start: np.ndarray, pos: np.ndarray, yaw: float, iters: int = 8):
         rest = getattr(self, "home_qpos", q_start)
         return solve_ik(
-            self.model, self._scratch, self._site, self._arm_qpos, self._arm_dof, q_start,
-            pos, yaw_down_rotation(yaw), rest, max_iters=iters,
+            self.model,
+            self._scratch,
+            self._site,
+            self._arm_qpos,
+            self._arm_dof,
+            q_start,
+            pos,
+            yaw_down_rotation(yaw),
+            rest,
+            max_iters=iters,
         )
 
     def eef_pos(self) -> np.ndarray:
@@ -152,7 +169,9 @@ class PandaEnv(gym.Env):
     def touching(self, geoms_a: set[int], geoms_b: set[int]) -> bool:
         for i in range(self.data.ncon):
             c = self.data.contact[i]
-            if (c.geom1 in geoms_a and c.geom2 in geoms_b) or (c.geom2 in geoms_a and c.geom1 in geoms_b):
+            if (c.geom1 in geoms_a and c.geom2 in geoms_b) or (
+                c.geom2 in geoms_a and c.geom1 in geoms_b
+            ):
                 return True
         return False
 
@@ -242,7 +261,11 @@ class PandaEnv(gym.Env):
 
     def _obs(self) -> dict[str, np.ndarray]:
         f32 = lambda x: np.asarray(x, dtype=np.float32).reshape(-1)  # noqa: E731
-        obs = {"eef_pos": f32(self.eef_pos()), "eef_yaw": f32(self.eef_yaw()), "gripper": f32(self.gripper_width())}
+        obs = {
+            "eef_pos": f32(self.eef_pos()),
+            "eef_yaw": f32(self.eef_yaw()),
+            "gripper": f32(self.gripper_width()),
+        }
         for cube in self.CUBES:
             obs[f"{cube.name}_pos"] = f32(self.cube_pos(cube.name))
             obs[f"{cube.name}_quat"] = f32(self.cube_quat(cube.name))
@@ -295,15 +318,16 @@ class PandaStackEnv(PandaEnv):
     CUBES = (Cube("cube_a", (0.85, 0.15, 0.1, 1.0)), Cube("cube_b", (0.1, 0.55, 0.85, 1.0)))
 
     def stacked(self, top: str, bottom: str) -> bool:
+        """``top`` rests on ``bottom`` (centred within half a cube, face on face, at rest) and
+        no finger touches it."""
         d = self.cube_pos(top) - self.cube_pos(bottom)
-        adr = self._cube_qpos[top]
-        speed = np.linalg.norm(self.data.qvel[self.model.jnt_dofadr[self.model.joint(f"{top}_joint").id] :][:3])
+        dof = self.model.joint(f"{top}_joint").dofadr[0]
+        fingers = self._finger_geoms["left"] | self._finger_geoms["right"]
         return bool(
             np.linalg.norm(d[:2]) < CUBE_HALF
             and abs(d[2] - 2 * CUBE_HALF) < 0.01
-            and speed < 0.05
-            and not self.touching(self._finger_geoms["left"] | self._finger_geoms["right"], {self._cube_geom[top]})
-            and adr is not None
+            and np.linalg.norm(self.data.qvel[dof : dof + 3]) < 0.05
+            and not self.touching(fingers, {self._cube_geom[top]})
         )
 
     def is_success(self) -> bool:

@@ -83,7 +83,9 @@ class _WaypointExpert:
 
     @staticmethod
     def _reached(obs, target: np.ndarray, yaw: float, tol: float) -> bool:
-        return bool(np.linalg.norm(target - obs["eef_pos"]) < tol and abs(yaw - obs["eef_yaw"][0]) < 0.08)
+        return bool(
+            np.linalg.norm(target - obs["eef_pos"]) < tol and abs(yaw - obs["eef_yaw"][0]) < 0.08
+        )
 
     def _pick_steps(self, obs, cube: str, up: np.ndarray | None):
         """Phases 0-3 of picking ``cube``: waypoints (target, tolerance, grip, speed)."""
@@ -137,7 +139,9 @@ class PandaStackExpert(_WaypointExpert):
     PLACE_GAP = 0.006  # release this far above resting contact
 
     def __call__(self, obs) -> np.ndarray:
-        held, other = ("cube_a", "cube_b") if self.mode["order"] == "a_on_b" else ("cube_b", "cube_a")
+        held, other = (
+            ("cube_a", "cube_b") if self.mode["order"] == "a_on_b" else ("cube_b", "cube_a")
+        )
         if 3 < self.phase < 7 and self._lost(obs, held):
             self._regrasp()
         steps = self._pick_steps(obs, held, None)

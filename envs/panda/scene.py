@@ -58,14 +58,18 @@ def franka_asset_dir() -> Path:
         )
     folder = Path(next(iter(found.submodule_search_locations))) / ASSET_SUBDIR
     if not (folder / "chain.xml").is_file():
-        raise FileNotFoundError(f"no Franka chain.xml under {folder}: unexpected gymnasium-robotics")
+        raise FileNotFoundError(
+            f"no Franka chain.xml under {folder}: unexpected gymnasium-robotics"
+        )
     return folder
 
 
 @cache
 def _asset_files() -> tuple[dict[str, bytes], dict[str, bytes]]:
     folder = franka_asset_dir()
-    include = {name: (folder / name).read_bytes() for name in ("assets.xml", "chain.xml", "actuator.xml")}
+    include = {
+        name: (folder / name).read_bytes() for name in ("assets.xml", "chain.xml", "actuator.xml")
+    }
     # assets.xml sets meshdir="franka_assets/meshes"; the virtual files are keyed accordingly.
     meshes = {
         f"franka_assets/meshes/{path.relative_to(folder / 'meshes').as_posix()}": path.read_bytes()
@@ -112,7 +116,9 @@ def build_spec(cubes: Sequence[Cube], timestep: float = 0.005) -> mujoco.MjSpec:
             geom.conaffinity = 0
 
     world = spec.worldbody
-    world.add_light(name="sun", pos=[0.5, 0, 2.0], dir=[0, 0, -1], diffuse=[0.8, 0.8, 0.8], castshadow=False)
+    world.add_light(
+        name="sun", pos=[0.5, 0, 2.0], dir=[0, 0, -1], diffuse=[0.8, 0.8, 0.8], castshadow=False
+    )
     world.add_geom(
         name="table",
         type=mujoco.mjtGeom.mjGEOM_BOX,
