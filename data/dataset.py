@@ -4,7 +4,10 @@ Each item is one padded window of T = horizon rows (see data/sampler.py for the 
 ``{"obs": {key: (T, ...)}, "action": (T, Da)}``, or obs cut to its first To rows with
 obs_steps_only=True. Values are in raw dataset units: the policy owns the normalizer and is
 fitted on `stats()` (per-key min/max over the training episodes). Low-dim keys come out as
-float32; uint8 image keys stay uint8 (the policy converts them).
+float32; uint8 image keys stay uint8, in memory and in batches (the policy's encoder crops and
+scales them on the training device). With obs_steps_only=True only the To observation frames
+of a window are gathered, which is what keeps image batches small. Keys named in image_keys
+are checked at open to be uint8 (N, H, W, C), as in the reference layout.
 
 Training fetches whole batches with `get_batch` / `sample_batch` (one vectorised fancy index
 per key over in-memory numpy arrays) rather than through a DataLoader.
@@ -54,10 +57,15 @@ class WindowDataset(Dataset):
         in_memory: bool = True,
         obs_steps_only: bool = False,
         pad_after: int | None = None,
+        image_keys: Sequence[str] = (),
     ) -> None:
         if isinstance(obs_keys, str):
             obs_keys = (obs_keys,)
         obs_keys = tuple(obs_keys)
+        image_keys = (image_keys,) if isinstance(image_keys, str) else tuple(image_keys)
+        stray = [k for k in image_keys if k not in obs_keys]
+        if stray:
+            raise ValueError(f"image_keys {stray} are not among obs_keys {list(obs_keys)}")
         if not obs_keys:
             raise ValueError("obs_keys is empty: expected at least one observation key")
         if n_obs_steps < 1 or n_action_steps < 1:
@@ -87,8 +95,16 @@ class WindowDataset(Dataset):
             rb = ReplayBuffer.open(path, mode="r", keys=keys, in_memory=in_memory)
         if rb.n_episodes == 0:
             raise ValueError(f"{rb.path}: holds no episodes")
+        for k in image_keys:
+            arr = rb[k]
+            if arr.dtype != np.uint8 or len(arr.shape) != 4:
+                raise ValueError(
+                    f"{rb.path}: data/{k} is {arr.dtype} with shape {tuple(arr.shape)}; image key "
+                    f"{k!r} must be uint8 (N, H, W, C), channel-last as in the reference layout"
+                )
         self.replay_buffer = rb
         self.obs_keys = obs_keys
+        self.image_keys = image_keys
         self.action_key = action_key
         self.horizon = horizon
         self.n_obs_steps = n_obs_steps
@@ -147,15 +163,25 @@ class WindowDataset(Dataset):
             values = values.astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(values))
 
-    def get_batch(self, idx: np.ndarray) -> Batch:
-        """Windows idx as {"obs": {key: (B, T or To, ...)}, "action": (B, T, Da)}."""
+    def get_batch(self, idx: np.ndarray, obs_keys: Sequence[str] | None = None) -> Batch:
+        """Windows idx as {"obs": {key: (B, T or To, ...)}, "action": (B, T, Da)}.
+
+        obs_keys picks a subset of the observation keys (default: all), e.g. to compute
+        statistics of a low-dim key over every window without gathering the images.
+        """
         idx = np.asarray(idx, dtype=np.int64)
         if idx.ndim != 1:
             raise ValueError(f"idx has shape {idx.shape}, expected (B,)")
         rows = self.sampler.rows(idx)  # (B, T)
         # Obs beyond To are never read by the policy when obs_steps_only; skip fetching them.
         obs_rows = rows[:, : self.n_obs_steps] if self.obs_steps_only else rows  # (B, To|T)
-        obs = {k: self._to_tensor(take_rows(self._arrays[k], obs_rows)) for k in self.obs_keys}
+        keys = self.obs_keys if obs_keys is None else tuple(obs_keys)
+        unknown = [k for k in keys if k not in self.obs_keys]
+        if unknown:
+            raise ValueError(
+                f"obs_keys {unknown} are not among the dataset's {list(self.obs_keys)}"
+            )
+        obs = {k: self._to_tensor(take_rows(self._arrays[k], obs_rows)) for k in keys}
         action = self._to_tensor(take_rows(self._arrays[self.action_key], rows))  # (B, T, Da)
         return {"obs": obs, "action": action}
 
@@ -177,8 +203,10 @@ class WindowDataset(Dataset):
         return self.get_batch(rng.integers(0, len(self), size=batch_size))
 
     # ----------------------------------------------------------------- statistics
-    def stats(self) -> dict[str, dict[str, np.ndarray]]:
-        """{key: {"min", "max"}} (feature-shaped float32) over the rows of training episodes.
+    def stats(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """{key: {"min", "max"}} (feature-shaped float32) over the rows of training episodes,
+        for `keys` (default: every obs key and the action; a policy's normalizer wants the
+        low-dim ones and the action only, images are not min-max normalized).
 
         Padding only repeats rows, so these are also the extremes over all training windows.
         Reads contiguous runs of training episodes in blocks (bounded memory for images).
@@ -187,7 +215,11 @@ class WindowDataset(Dataset):
         starts = ends - self.replay_buffer.episode_lengths
         runs = [(int(starts[a]), int(ends[b - 1])) for a, b in _runs(self.train_mask)]
         out: dict[str, dict[str, np.ndarray]] = {}
-        for k in [*self.obs_keys, self.action_key]:
+        keys = [*self.obs_keys, self.action_key] if keys is None else list(keys)
+        unknown = [k for k in keys if k not in self._arrays]
+        if unknown:
+            raise ValueError(f"stats of {unknown}: not loaded (keys {list(self._arrays)})")
+        for k in keys:
             arr = self._arrays[k]
             feature = tuple(arr.shape[1:])
             row_bytes = max(int(np.prod(feature)) * np.dtype(arr.dtype).itemsize, 1)

@@ -11,6 +11,11 @@ DDIM (k << K) steps, and the Ta actions aligned with the newest observation are 
     chunk     |------------- T ---------------|
     executed           |-- Ta --|   (indices To-1 ... To+Ta-2 of the chunk)
 
+Observations are encoded by policy/encoders.py: low-dim keys are normalized and flattened as
+above; each camera key of ``PolicyConfig.cameras`` (uint8 (H, W, C) images, not normalized)
+goes through its own CNN (ResNet-18 with GroupNorm, or a small CNN) with a spatial softmax
+head, trained end to end with the UNet, and its features join the low-dim ones per step.
+
 ``PolicyConfig.objective = "mse"`` is the regression baseline with the same network, data and
 conditioning: the UNet maps a zero chunk at timestep 0 straight to the normalized chunk, is fit
 by plain MSE, and predicts with one network evaluation. It can only return the conditional
@@ -33,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policy.checkpoint import CheckpointError, load_tensors, save_tensors
+from policy.encoders import CameraConfig, ObsEncoder
 from policy.normalizer import Normalizer
 from policy.schedule import NoiseSchedule
 from policy.unet1d import ConditionalUnet1D
@@ -49,7 +55,12 @@ class PolicyConfig:
     """Everything needed to rebuild a DiffusionPolicy; saved as JSON beside its weights."""
 
     obs_shapes: dict[str, tuple[int, ...]] = field(default_factory=lambda: {"state": (5,)})
-    """Low-dim observation keys and their per-step feature shapes."""
+    """Observation keys and their per-step feature shapes; a camera key's is (H, W, C)."""
+    cameras: dict[str, CameraConfig] = field(default_factory=dict)
+    """Keys of obs_shapes that are images (stored uint8, channel-last), each with the CNN that
+    encodes it; they are scaled to [0, 1] by their encoder, not min-max normalized. The other
+    keys are low-dim. Empty (the default, and what configs saved before cameras load as):
+    a low-dim policy."""
     action_dim: int = 2
     """Da, the size of one action."""
     horizon: int = 16
@@ -87,8 +98,28 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         self.obs_shapes = {k: tuple(int(d) for d in v) for k, v in self.obs_shapes.items()}
         self.down_dims = tuple(int(d) for d in self.down_dims)
+        self.cameras = {
+            k: c if isinstance(c, CameraConfig) else CameraConfig.from_dict(c)
+            for k, c in self.cameras.items()
+        }
         if not self.obs_shapes:
             raise ValueError("obs_shapes must name at least one observation key")
+        for key, cam in self.cameras.items():
+            shape = self.obs_shapes.get(key)
+            if shape is None:
+                raise ValueError(
+                    f"camera {key!r} is not an observation key; obs_shapes are {self.obs_shapes}"
+                )
+            if len(shape) != 3:
+                raise ValueError(
+                    f"camera {key!r} has per-step shape {shape}; expected (H, W, C), channel-last"
+                )
+            if cam.crop_size is not None and (
+                cam.crop_size[0] > shape[0] or cam.crop_size[1] > shape[1]
+            ):
+                raise ValueError(
+                    f"camera {key!r}: crop_size {cam.crop_size} exceeds its image (H, W) = {shape[:2]}"
+                )
         for name in (
             "action_dim",
             "horizon",
@@ -122,7 +153,7 @@ class PolicyConfig:
         check_inference_steps(self.num_inference_steps, self.num_train_timesteps)
         if self.objective not in ("diffusion", "mse"):
             raise ValueError(f"unknown objective {self.objective!r}; use 'diffusion' or 'mse'")
-        if self.action_anchor is not None and self.obs_shapes.get(self.action_anchor) != (
+        if self.action_anchor is not None and self.low_dim_shapes.get(self.action_anchor) != (
             self.action_dim,
         ):
             raise ValueError(
@@ -136,9 +167,17 @@ class PolicyConfig:
         return (self.horizon, self.action_dim) if self.action_anchor else (self.action_dim,)
 
     @property
+    def low_dim_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The observation keys that are not cameras (the ones the normalizer covers)."""
+        return {k: s for k, s in self.obs_shapes.items() if k not in self.cameras}
+
+    @property
     def obs_dim(self) -> int:
-        """Do, the flattened size of one observation step over all keys."""
-        return sum(math.prod(s) for s in self.obs_shapes.values())
+        """Do, the size of one encoded observation step: low-dim values flattened, plus each
+        camera's feature_dim."""
+        return sum(math.prod(s) for s in self.low_dim_shapes.values()) + sum(
+            c.feature_dim for c in self.cameras.values()
+        )
 
     @property
     def global_cond_dim(self) -> int:
@@ -165,13 +204,20 @@ class DiffusionPolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig, normalizer: Normalizer | None = None):
         super().__init__()
         self.cfg = cfg
-        keys = {**cfg.obs_shapes, "action": cfg.action_stats_shape}
+        keys = {**cfg.low_dim_shapes, "action": cfg.action_stats_shape}
         if normalizer is None:
             normalizer = Normalizer(keys)  # identity until fitted; from_pretrained loads real stats
         missing = set(keys) - set(normalizer.keys)
         if missing:
             raise ValueError(f"normalizer lacks statistics for {sorted(missing)}")
+        cameras = sorted(set(cfg.cameras) & set(normalizer.keys))
+        if cameras:
+            raise ValueError(
+                f"normalizer has statistics for camera keys {cameras}: images are scaled to "
+                "[0, 1] by their encoder; fit the normalizer on the low-dim keys and the action only"
+            )
         self.normalizer = normalizer
+        self.obs_encoder = ObsEncoder(cfg.obs_shapes, cfg.cameras, cfg.n_obs_steps)
         self.schedule = NoiseSchedule(
             num_train_timesteps=cfg.num_train_timesteps,
             beta_schedule=cfg.beta_schedule,
@@ -194,28 +240,13 @@ class DiffusionPolicy(nn.Module):
 
     # ---------------------------------------------------------------- conditioning
     def encode_obs(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Normalize the newest To steps of each key and flatten them: -> (B, To * Do).
+        """The newest To steps of each key, encoded and flattened: -> (B, To * Do).
 
         obs = {key: (B, >= To, ...)}, oldest first; a longer history is cut to its last To.
+        Low-dim keys are normalized; camera keys (uint8 (B, >= To, H, W, C)) go through their
+        CNN, cropped at random in train mode and centered in eval mode.
         """
-        cfg, parts = self.cfg, []
-        for key, shape in cfg.obs_shapes.items():
-            if key not in obs:
-                raise ValueError(
-                    f"observation is missing key {key!r}; expected {list(cfg.obs_shapes)}"
-                )
-            x = torch.as_tensor(obs[key], device=self.device, dtype=torch.float32)
-            if (
-                x.ndim != 2 + len(shape)
-                or tuple(x.shape[2:]) != shape
-                or x.shape[1] < cfg.n_obs_steps
-            ):
-                raise ValueError(
-                    f"obs[{key!r}] has shape {tuple(x.shape)}; expected (B, >= {cfg.n_obs_steps}, *{shape})"
-                )
-            x = self.normalizer.normalize(key, x[:, -cfg.n_obs_steps :])  # (B, To, *shape)
-            parts.append(x.flatten(2))  # (B, To, d_key)
-        return torch.cat(parts, dim=-1).flatten(1)  # (B, To * Do)
+        return self.obs_encoder(obs, self.normalizer.normalize, self.device)  # (B, To * Do)
 
     def anchor(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
         """What actions are relative to: the newest anchor observation (B, 1, Da), or 0."""
@@ -238,7 +269,8 @@ class DiffusionPolicy(nn.Module):
         """Epsilon-prediction MSE (Ho et al. 2020, eq. 14) on a batch of windows; with
         objective "mse", the MSE between the network's chunk and the normalized target chunk.
 
-        batch = {"obs": {key: (B, >=To, ...)}, "action": (B, T, Da)} in raw units. The window's
+        batch = {"obs": {key: (B, >=To, ...)}, "action": (B, T, Da)} in raw units (camera keys
+        uint8 (B, >=To, H, W, C)). The window's
         first To observation steps condition the chunk (the timing convention). `noise`
         (B, T, Da) and `timesteps` (B,) may be given (default: drawn from torch's global RNG);
         the "mse" objective ignores them.
