@@ -337,7 +337,7 @@ register_task(
         name="panda_lift",
         env_id="PandaLift-v0",
         max_episode_steps=80,
-        obs_keys=(*_PANDA_PROPRIO, "cube_pos", "cube_quat", "eef_to_cube"),
+        obs_keys=(*_PANDA_PROPRIO, "cube_pos", "cube_quat", "eef_to_cube", "eef_to_cube_yaw"),
         expert="envs.panda.experts:make_lift_expert",
         **_PANDA,
     )
@@ -349,8 +349,8 @@ register_task(
         max_episode_steps=150,
         obs_keys=(
             *_PANDA_PROPRIO,
-            *("cube_a_pos", "cube_a_quat", "eef_to_cube_a"),
-            *("cube_b_pos", "cube_b_quat", "eef_to_cube_b"),
+            *("cube_a_pos", "cube_a_quat", "eef_to_cube_a", "eef_to_cube_a_yaw"),
+            *("cube_b_pos", "cube_b_quat", "eef_to_cube_b", "eef_to_cube_b_yaw"),
             "cube_a_to_cube_b",
         ),
         expert="envs.panda.experts:make_stack_expert",

@@ -169,6 +169,7 @@ def test_lift_expert_succeeds_with_the_cube_between_the_fingers():
         near, far = grasp_yaws(env.cube_yaw("cube"))
         wanted = near if expert.mode["grasp"] == "near" else far
         assert abs(obs["eef_yaw"][0] - wanted) < 0.1
+        assert abs(obs["eef_to_cube_yaw"][0]) < 0.1  # square to the faces, either way round
 
 
 def test_stack_expert_succeeds_in_both_orders():

@@ -11,7 +11,9 @@ Observations (a dict): ``eef_pos`` (grasp site, metres, world frame with the rob
 origin and the table top at z = 0), ``eef_yaw`` (heading of the palm, radians), ``gripper``
 (finger opening, metres), per cube ``<cube>_pos``, ``<cube>_quat`` (w >= 0) and
 ``eef_to_<cube>`` (cube position minus hand position, as robosuite's object state has it),
-and with two cubes ``cube_a_to_cube_b`` (b minus a). ``obs_mode="image"``
+``eef_to_<cube>_yaw`` (cube yaw minus palm yaw, folded into [-pi/4, pi/4): 0 when the fingers
+are square to the cube's faces; a cube looks the same every quarter turn and the gripper every
+half turn), and with two cubes ``cube_a_to_cube_b`` (b minus a). ``obs_mode="image"``
 adds ``front_img`` and ``wrist_img`` (``image_size`` square RGB uint8); the cube poses stay, so
 experts can still demonstrate and datasets keep both (a policy picks its keys).
 
@@ -50,6 +52,11 @@ WORKSPACE_LOW = np.array([0.2, -0.4, TABLE_TOP + FINGERTIP_DEPTH - 0.005])
 WORKSPACE_HIGH = np.array([0.8, 0.4, 0.5])
 YAW_LIMIT = 2.4  # |yaw| the controller accepts (joint 7 spans +-2.9 rad around yaw 0)
 SCENE_RADIUS = 1.5  # a cube farther than this from the base has been launched
+
+
+def fold_quarter(yaw: float) -> float:
+    """``yaw`` folded into [-pi/4, pi/4): a cube looks the same every quarter turn."""
+    return float((yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4)
 
 
 def _quat_w_positive(q: np.ndarray) -> np.ndarray:
@@ -118,7 +125,7 @@ class PandaEnv(gym.Env):
         obs = {"eef_pos": box(3), "eef_yaw": box(1), "gripper": box(1)}
         for cube in self.CUBES:
             obs[f"{cube.name}_pos"], obs[f"{cube.name}_quat"] = box(3), box(4)
-            obs[f"eef_to_{cube.name}"] = box(3)
+            obs[f"eef_to_{cube.name}"], obs[f"eef_to_{cube.name}_yaw"] = box(3), box(1)
         if len(self.CUBES) == 2:
             obs[f"{self.CUBES[0].name}_to_{self.CUBES[1].name}"] = box(3)
         if obs_mode == "image":
@@ -270,6 +277,9 @@ class PandaEnv(gym.Env):
             obs[f"{cube.name}_pos"] = f32(self.cube_pos(cube.name))
             obs[f"{cube.name}_quat"] = f32(self.cube_quat(cube.name))
             obs[f"eef_to_{cube.name}"] = obs[f"{cube.name}_pos"] - obs["eef_pos"]
+            obs[f"eef_to_{cube.name}_yaw"] = f32(
+                fold_quarter(self.cube_yaw(cube.name) - self.eef_yaw())
+            )
         if len(self.CUBES) == 2:
             a, b = (c.name for c in self.CUBES)
             obs[f"{a}_to_{b}"] = obs[f"{b}_pos"] - obs[f"{a}_pos"]

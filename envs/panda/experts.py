@@ -19,13 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.panda.env import MAX_MOVE, MAX_TURN, PandaEnv
+from envs.panda.env import MAX_MOVE, MAX_TURN, PandaEnv, fold_quarter
 from envs.panda.scene import CUBE_HALF, FINGERTIP_DEPTH, TABLE_TOP
-
-
-def _fold_quarter(yaw: float) -> float:
-    """Yaw folded into [-pi/4, pi/4): a cube looks the same every quarter turn."""
-    return float((yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4)
 
 
 def quat_yaw(q: np.ndarray) -> float:
@@ -35,7 +30,7 @@ def quat_yaw(q: np.ndarray) -> float:
 
 def grasp_yaws(cube_yaw: float) -> tuple[float, float]:
     """The two palm yaws that pinch a cube at ``cube_yaw`` across opposite faces."""
-    a = _fold_quarter(cube_yaw)
+    a = fold_quarter(cube_yaw)
     return a, a - np.pi / 2 if a >= 0 else a + np.pi / 2
 
 
