@@ -214,7 +214,7 @@ def test_expert_modes_are_all_demonstrated():
     for seed in range(40):
         expert.reset(seed)
         seen.add(tuple(sorted(expert.mode.items())))
-    assert len(seen) == 8  # grasp x side x order
+    assert len(seen) == 4  # grasp x order
 
 
 def test_tasks_registered_with_their_experts_and_keys():

@@ -54,7 +54,7 @@ def franka_asset_dir() -> Path:
     if found is None or not found.submodule_search_locations:
         raise ModuleNotFoundError(
             "the Panda tasks read the Franka model files shipped in the gymnasium-robotics wheel; "
-            "install it with: pip install -e '.[examples]' (gymnasium-robotics>=1.4,<1.5)"
+            "install the project's dependencies (pip install -e ., which brings gymnasium-robotics>=1.4,<1.5)"
         )
     folder = Path(next(iter(found.submodule_search_locations))) / ASSET_SUBDIR
     if not (folder / "chain.xml").is_file():
