@@ -39,8 +39,8 @@ LATENCY_TARGET_MS = {("65.8M", 1, "ddim", 10): 120.0, ("5.4M", 1, "ddim", 10): 1
 class Config:
     json: Path | None = None
     """Write all results here."""
-    sections: tuple[str, ...] = ("inference", "train", "data", "env")
-    """Which benchmarks to run."""
+    sections: tuple[str, ...] = ("inference", "vision", "train", "data", "env")
+    """Which benchmarks to run (also "ddp": 1 vs N training processes)."""
     repeats: int = 7
     """Timed repetitions per inference case (the median is reported)."""
     train_steps: int = 5
@@ -98,6 +98,53 @@ def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
                         "target_ms": LATENCY_TARGET_MS.get((name, batch, sampler, k)),
                     }
                 )
+    return rows
+
+
+def bench_vision(repeats: int, steps: int, device: str = "cpu") -> list[dict]:
+    """Image policies in the PushT image setting (96 x 96 camera cropped to 84 + agent
+    position, To = 2, the training default 1.2 M UNet): predict_action at batch 1 (DDIM 10)
+    and training samples/s at batch 64, per camera backbone."""
+    from policy.encoders import CameraConfig
+
+    rows = []
+    dev = torch.device(device)
+    for backbone in ("small", "resnet18"):
+        cfg = PolicyConfig(
+            obs_shapes={"img": (96, 96, 3), "agent_pos": (2,)},
+            cameras={"img": CameraConfig(backbone=backbone, crop_size=(84, 84))},
+            action_dim=2,
+            down_dims=(32, 64, 128),
+            diffusion_step_embed_dim=64,
+        )
+        policy = DiffusionPolicy(cfg).to(dev)
+
+        def obs(batch: int) -> dict:
+            img = torch.randint(0, 256, (batch, 2, 96, 96, 3), dtype=torch.uint8, device=dev)
+            return {"img": img, "agent_pos": torch.randn(batch, 2, 2, device=dev)}
+
+        one = obs(1)
+        policy.eval()
+        latency = median_ms(lambda p=policy, o=one: p.predict_action(o, "ddim", 10), repeats)
+        policy.train()
+        opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+        batch = {"obs": obs(64), "action": torch.randn(64, 16, 2, device=dev)}
+
+        def step(policy=policy, opt=opt, batch=batch):
+            opt.zero_grad(set_to_none=True)
+            policy.compute_loss(batch).backward()
+            opt.step()
+
+        step_ms = median_ms(step, steps, warmup=1)
+        rows.append(
+            {
+                "backbone": backbone,
+                "params_M": sum(p.numel() for p in policy.parameters()) / 1e6,
+                "predict_ms_b1_ddim10": latency,
+                "train_step_ms_b64": step_ms,
+                "train_samples_per_s": 64 * 1000 / step_ms,
+            }
+        )
     return rows
 
 
@@ -246,6 +293,11 @@ def main(cfg: Config) -> dict:
     if "inference" in cfg.sections:
         results["inference"] = bench_inference(cfg.repeats, cfg.device)
         _table("predict_action latency (median ms, T=16, To=2, cond 40)", results["inference"])
+    if "vision" in cfg.sections:
+        results["vision"] = bench_vision(cfg.repeats, cfg.train_steps, cfg.device)
+        _table(
+            "image policy, PushT image setting (96 px -> 84 crop + agent_pos)", results["vision"]
+        )
     if "train" in cfg.sections:
         results["train"] = bench_train(cfg.train_steps, cfg.device)
         _table("training step (median ms, batch 256, AdamW)", results["train"])

@@ -58,6 +58,7 @@ from envs.tasks import TaskSpec, flat_obs_shapes, get_task, make_env, output_nam
 from policy.checkpoint import load_state, save_state
 from policy.diffusion import DiffusionPolicy, PolicyConfig
 from policy.ema import EMA
+from policy.encoders import CameraConfig
 from policy.normalizer import Normalizer
 from scripts.env_options import EnvArgs, EnvOptions
 from scripts.eval import check_env_fits, evaluate_policy, resolve_device
@@ -95,6 +96,13 @@ class Config:
     action_anchor: str = "task"
     """Obs key (e.g. agent_pos) that actions are made relative to; 'none': absolute actions;
     'task': the task's default (PushT: agent_pos; an --env-id environment: none)."""
+    image_backbone: Literal["small", "resnet18"] = "small"
+    """CNN for each camera key: "small" (about 0.1 M parameters, trains on a CPU) or the
+    paper's "resnet18" with GroupNorm (11.2 M); both end in a spatial softmax."""
+    image_crop: tuple[int, int] | None = (84, 84)
+    """Random crop (training) / centre crop (evaluation) of camera images; None: whole image."""
+    image_feature_dim: int = 64
+    """Features per camera and observation step."""
     num_train_timesteps: int = 100
     beta_schedule: Literal["squaredcos_cap_v2", "linear"] = "squaredcos_cap_v2"
     batch_size: int = 256
@@ -155,9 +163,20 @@ def anchored_action_stats(data: WindowDataset, key: str, n_obs_steps: int) -> di
     """Min / max of every training chunk relative to its newest `key` observation: (T, Da)."""
     if key not in data.obs_keys:
         raise ValueError(f"--action-anchor {key!r} must be one of --obs-keys {data.obs_keys}")
-    b = data.get_batch(np.arange(len(data)))
+    b = data.get_batch(np.arange(len(data)), obs_keys=(key,))  # never gathers camera frames
     rel = b["action"] - b["obs"][key][:, n_obs_steps - 1 : n_obs_steps]  # (N, T, Da)
     return {"min": rel.amin(0).numpy(), "max": rel.amax(0).numpy()}
+
+
+def camera_keys(path: Path, spec: TaskSpec, obs_keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The observation keys that are camera images: the task's image keys, and any uint8
+    (N, H, W, C) array of the dataset (an --env-id environment's camera)."""
+    rb = ReplayBuffer.open(path)
+    return tuple(
+        k
+        for k in obs_keys
+        if k in spec.image_keys or (rb[k].dtype == np.uint8 and len(rb[k].shape) == 4)
+    )
 
 
 def dataset_task(path: Path) -> TaskSpec | None:
@@ -224,9 +243,11 @@ class Trainer:
         # (torch, drawn on the CPU so that they do not depend on the device either)
         self.rng = np.random.default_rng(cfg.seed)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed)
+        image_keys = camera_keys(cfg.dataset, self.spec, obs_keys)
         self.data = WindowDataset(
             cfg.dataset,
             obs_keys=obs_keys,
+            image_keys=image_keys,
             horizon=cfg.horizon,
             n_obs_steps=cfg.n_obs_steps,
             n_action_steps=cfg.n_action_steps,
@@ -238,12 +259,22 @@ class Trainer:
             pad_after=cfg.horizon - cfg.n_obs_steps if cfg.pad_after is None else cfg.pad_after,
         )
         self.val_data = self.data.get_validation_dataset() if cfg.val_ratio > 0 else None
-        stats = self.data.stats()
-        obs_shapes = {k: tuple(np.shape(stats[k]["min"])) for k in obs_keys}
+        low_dim = [k for k in obs_keys if k not in image_keys]
+        stats = self.data.stats(keys=[*low_dim, "action"])  # images are scaled, not normalized
+        obs_shapes = {k: tuple(self.data.shapes[k]) for k in obs_keys}
+        cameras = {
+            k: CameraConfig(
+                backbone=cfg.image_backbone,
+                crop_size=None if cfg.image_crop is None else tuple(cfg.image_crop),
+                feature_dim=cfg.image_feature_dim,
+            )
+            for k in image_keys
+        }
         if self.action_anchor is not None:
             stats["action"] = anchored_action_stats(self.data, self.action_anchor, cfg.n_obs_steps)
         pcfg = PolicyConfig(
             obs_shapes=obs_shapes,
+            cameras=cameras,
             action_dim=self.data.action_dim,
             action_anchor=self.action_anchor,
             horizon=cfg.horizon,
@@ -261,8 +292,8 @@ class Trainer:
         # forward() is compute_loss; DDP averages the gradients of the ranks' slices
         self.model = DistributedDataParallel(self.policy) if self.world > 1 else self.policy
         self.ema = EMA(self.policy, power=cfg.ema_power)
-        self.opt = torch.optim.AdamW(
-            self.policy.net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        self.opt = torch.optim.AdamW(  # the UNet and the camera encoders
+            self.policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, warmup_cosine(cfg.warmup_steps, cfg.steps)
@@ -417,7 +448,7 @@ class Trainer:
             )
             recover_policy_dir(cfg.out / "best")
         self.try_resume()
-        n_params = sum(p.numel() for p in self.policy.net.parameters())
+        n_params = sum(p.numel() for p in self.policy.parameters())
         log.info(
             "%d training windows, %.2f M parameters, device %s%s",
             len(self.data),
@@ -439,7 +470,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()  # under DDP: gradients averaged over the ranks here
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.policy.net.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
             self.opt.step()
             self.lr_sched.step()
             self.ema.update(self.policy)
