@@ -2,6 +2,7 @@
 
     python -m scripts.collect --task pusht --episodes 200 --out outputs/data/pusht.zarr
     python -m scripts.collect --task pusht --episodes 50 --out outputs/data/pusht_img.zarr --images
+    python -m scripts.collect --task panda_lift --episodes 500 --action-noise 0.1
     python -m scripts.collect --env-id PointMaze_Medium-v3 --env-import gymnasium_robotics \
         --env-kwargs '{"continuing_task": false}' \
         --expert examples.pointmaze_expert:make_expert --episodes 300 --out outputs/data/maze.zarr

@@ -193,6 +193,23 @@ def test_stack_expert_succeeds_in_both_orders():
     assert orders == {"a_on_b", "b_on_a"}
 
 
+def test_reward_rises_through_the_expert_episode_and_is_1_at_success():
+    for cls, make in ((PandaLiftEnv, make_lift_expert), (PandaStackEnv, make_stack_expert)):
+        env = cls()
+        expert = make(env)
+        obs, _ = env.reset(seed=100_000)
+        expert.reset(100_000)
+        rewards = []
+        for _ in range(150):
+            obs, reward, terminated, _, info = env.step(expert(obs))
+            rewards.append(reward)
+            if terminated:
+                break
+        assert info["is_success"] and rewards[-1] == 1.0
+        assert all(0.0 <= r < 1.0 for r in rewards[:-1])
+        assert rewards[0] < 0.3 < max(rewards[:-1])  # far at first, holding the cube later
+
+
 def test_success_needs_a_grasp_or_a_resting_stack():
     lift = PandaLiftEnv()
     lift.reset(seed=0)

@@ -17,7 +17,9 @@ half turn), and with two cubes ``cube_a_to_cube_b`` (b minus a). ``obs_mode="ima
 adds ``front_img`` and ``wrist_img`` (``image_size`` square RGB uint8); the cube poses stay, so
 experts can still demonstrate and datasets keep both (a policy picks its keys).
 
-Bad actions (wrong shape, NaN/inf) raise ValueError. Physics that blows up (a non-finite
+Reward: 1 on success (which ends the episode); before that a shaped progress in [0, 1)
+(reach, grasp, then lift / place; see ``progress``); 0 after a physics failure. Bad actions
+(wrong shape, NaN/inf) raise ValueError. Physics that blows up (a non-finite
 state, MuJoCo's bad-acceleration warning, a cube launched out of the scene) ends the episode
 as failed with ``info["failure"]`` saying why.
 """
@@ -241,7 +243,8 @@ class PandaEnv(gym.Env):
         limit = self.max_episode_steps
         truncated = not success and failure is None and limit is not None and self._steps >= limit
         info = self._info(failure)
-        return self._obs(), float(success), success or failure is not None, truncated, info
+        reward = 0.0 if failure is not None else 1.0 if success else self.progress()
+        return self._obs(), reward, success or failure is not None, truncated, info
 
     def _bad_warnings(self) -> int:
         return int(self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number)
@@ -259,6 +262,14 @@ class PandaEnv(gym.Env):
 
     def is_success(self) -> bool:
         raise NotImplementedError
+
+    def progress(self) -> float:
+        """Shaped reward in [0, 1) before success (1 on success, 0 on a physics failure)."""
+        raise NotImplementedError
+
+    def _reach(self, name: str) -> float:
+        """1 with the grasp site at the cube's centre, falling off over a few centimetres."""
+        return float(1.0 - np.tanh(10.0 * np.linalg.norm(self.eef_pos() - self.cube_pos(name))))
 
     def _info(self, failure: str | None) -> dict[str, Any]:
         info: dict[str, Any] = {"is_success": failure is None and self.is_success()}
@@ -317,9 +328,17 @@ class PandaLiftEnv(PandaEnv):
     CUBES = (Cube("cube", (0.85, 0.15, 0.1, 1.0)),)
     LIFT_HEIGHT = 0.10
 
+    def raised(self) -> float:
+        return float(self.cube_pos("cube")[2] - self._start["cube"][2])
+
     def is_success(self) -> bool:
-        raised = self.cube_pos("cube")[2] - self._start["cube"][2]
-        return bool(raised >= self.LIFT_HEIGHT and self.grasped("cube"))
+        return bool(self.raised() >= self.LIFT_HEIGHT and self.grasped("cube"))
+
+    def progress(self) -> float:
+        """Reach 0.25, grasp 0.25, lift 0.5 (in proportion to the height, while grasped)."""
+        grasped = self.grasped("cube")
+        lift = np.clip(self.raised() / self.LIFT_HEIGHT, 0.0, 1.0) if grasped else 0.0
+        return float(0.25 * self._reach("cube") + 0.25 * grasped + 0.49 * lift)
 
 
 class PandaStackEnv(PandaEnv):
@@ -342,3 +361,15 @@ class PandaStackEnv(PandaEnv):
 
     def is_success(self) -> bool:
         return self.stacked("cube_a", "cube_b") or self.stacked("cube_b", "cube_a")
+
+    def progress(self) -> float:
+        """The better order's reach 0.25, grasp 0.25, and 0.49 for bringing the held cube to
+        its resting place on the other (1 - tanh(10 * distance))."""
+
+        def order(top: str, bottom: str) -> float:
+            rest = self.cube_pos(bottom) + [0.0, 0.0, 2 * CUBE_HALF]
+            place = 1.0 - np.tanh(10.0 * np.linalg.norm(self.cube_pos(top) - rest))
+            grasped = self.grasped(top)
+            return 0.25 * self._reach(top) + 0.25 * grasped + 0.49 * place * grasped
+
+        return float(max(order("cube_a", "cube_b"), order("cube_b", "cube_a")))
