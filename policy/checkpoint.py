@@ -8,6 +8,7 @@ file first and are renamed into place, so a killed process never leaves a half-w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -24,6 +25,14 @@ _TUPLE = "__tuple__"
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or does not match what loads it."""
+
+
+def config_from_dict(cls: type, d: Mapping) -> Any:
+    """A config dataclass from its JSON dict, refusing field names it does not have."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+    return cls(**d)
 
 
 def _atomic_replace(tmp: Path, final: Path) -> None:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policy.checkpoint import CheckpointError, load_tensors, save_tensors
+from policy.checkpoint import CheckpointError, config_from_dict, load_tensors, save_tensors
 from policy.encoders import CameraConfig, ObsEncoder
 from policy.normalizer import Normalizer
 from policy.schedule import NoiseSchedule
@@ -188,11 +188,7 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> PolicyConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown PolicyConfig fields {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def check_inference_steps(k: int, K: int) -> None:

@@ -31,6 +31,8 @@ import einops
 import torch
 from torch import nn
 
+from policy.checkpoint import config_from_dict
+
 Backbone = Literal["resnet18", "small"]
 BACKBONES = ("resnet18", "small")
 
@@ -68,11 +70,7 @@ class CameraConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> CameraConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown CameraConfig fields {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 # ---------------------------------------------------------------------------------- keypoints
