@@ -61,6 +61,12 @@ def fold_quarter(yaw: float) -> float:
     return float((yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4)
 
 
+def quat_yaw(q: np.ndarray) -> float:
+    """Heading (rotation about z) of a (w, x, y, z) quaternion."""
+    w, x, y, z = q
+    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+
+
 def _quat_w_positive(q: np.ndarray) -> np.ndarray:
     return -q if q[0] < 0 else q
 
@@ -115,9 +121,8 @@ class PandaEnv(gym.Env):
         self._site = m.site(GRASP_SITE).id
         self._cube_qpos = {c.name: m.joint(f"{c.name}_joint").qposadr[0] for c in self.CUBES}
         self._cube_geom = {c.name: m.geom(f"{c.name}_geom").id for c in self.CUBES}
-        self._table_geom = m.geom("table").id
         self.home_qpos, _ = self._ik(
-            np.zeros(N_ARM_JOINTS) + [0, -0.2, 0, -2.5, 0, 0.7, 0], HOME_POS, 0.0, iters=200
+            np.array([0, -0.2, 0, -2.5, 0, 0.7, 0.0]), HOME_POS, 0.0, iters=200
         )
         self._renderers: dict[tuple[int, str], mujoco.Renderer] = {}
         self._scene_option = mujoco.MjvOption()
@@ -172,8 +177,7 @@ class PandaEnv(gym.Env):
         return _quat_w_positive(self.data.qpos[adr + 3 : adr + 7].copy())
 
     def cube_yaw(self, name: str) -> float:
-        w, x, y, z = self.cube_quat(name)
-        return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+        return quat_yaw(self.cube_quat(name))
 
     def touching(self, geoms_a: set[int], geoms_b: set[int]) -> bool:
         for i in range(self.data.ncon):
@@ -209,7 +213,7 @@ class PandaEnv(gym.Env):
         self._steps = 0
         self._start = {c.name: self.cube_pos(c.name) for c in self.CUBES}
         self._warnings = self._bad_warnings()
-        return self._obs(), self._info(failure=None)
+        return self._obs(), self._info(None, self.is_success())
 
     def _sample_cubes(self) -> dict[str, tuple[np.ndarray, float]]:
         """Non-overlapping cube positions (>= 10 cm apart) and yaws, from ``self.np_random``."""
@@ -242,7 +246,7 @@ class PandaEnv(gym.Env):
         success = failure is None and self.is_success()
         limit = self.max_episode_steps
         truncated = not success and failure is None and limit is not None and self._steps >= limit
-        info = self._info(failure)
+        info = self._info(failure, success)
         reward = 0.0 if failure is not None else 1.0 if success else self.progress()
         return self._obs(), reward, success or failure is not None, truncated, info
 
@@ -271,8 +275,9 @@ class PandaEnv(gym.Env):
         """1 with the grasp site at the cube's centre, falling off over a few centimetres."""
         return float(1.0 - np.tanh(10.0 * np.linalg.norm(self.eef_pos() - self.cube_pos(name))))
 
-    def _info(self, failure: str | None) -> dict[str, Any]:
-        info: dict[str, Any] = {"is_success": failure is None and self.is_success()}
+    @staticmethod
+    def _info(failure: str | None, success: bool) -> dict[str, Any]:
+        info: dict[str, Any] = {"is_success": success}
         if failure is not None:
             info["failure"] = failure
         return info

@@ -20,13 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.panda.env import MAX_MOVE, MAX_TURN, PandaEnv, fold_quarter
+from envs.panda.env import MAX_MOVE, MAX_TURN, PandaEnv, fold_quarter, quat_yaw
 from envs.panda.scene import CUBE_HALF, FINGERTIP_DEPTH, TABLE_TOP
-
-
-def quat_yaw(q: np.ndarray) -> float:
-    w, x, y, z = q
-    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
 def grasp_yaws(cube_yaw: float) -> tuple[float, float]:
