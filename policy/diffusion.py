@@ -16,6 +16,11 @@ above; each camera key of ``PolicyConfig.cameras`` (uint8 (H, W, C) images, not 
 goes through its own CNN (ResNet-18 with GroupNorm, or a small CNN) with a spatial softmax
 head, trained end to end with the UNet, and its features join the low-dim ones per step.
 
+A policy distilled by policy/consistency.py (``PolicyConfig.consistency_timesteps`` set) has
+this network, but its output is a consistency function (``consistency_fn``) and it is sampled with
+``sampler="consistency"``: one network evaluation maps noise straight to a chunk, and a second one
+(re-noised to a lower timestep) refines it.
+
 ``PolicyConfig.objective = "mse"`` is the regression baseline with the same network, data and
 conditioning: the UNet maps a zero chunk at timestep 0 straight to the normalized chunk, is fit
 by plain MSE, and predicts with one network evaluation. It can only return the conditional
@@ -43,7 +48,7 @@ from policy.normalizer import Normalizer
 from policy.schedule import NoiseSchedule
 from policy.unet1d import ConditionalUnet1D
 
-Sampler = Literal["ddpm", "ddim"]
+Sampler = Literal["ddpm", "ddim", "consistency"]
 Objective = Literal["diffusion", "mse"]
 MSE_SAMPLER = "mse"  # what sampler_settings reports for the regression baseline (k = 1)
 WEIGHTS_FILE = "model.safetensors"
@@ -87,9 +92,14 @@ class PolicyConfig:
     robot is now, normalized per chunk index, which makes the executed steps far more precise
     for position-target actions. None: absolute actions, one min-max range per dimension."""
     sampler: Sampler = "ddim"
-    """Default sampler for predict_action."""
+    """Default sampler for predict_action ("consistency" only for a distilled policy)."""
     num_inference_steps: int = 10
     """Default k for predict_action (k = K for full DDPM)."""
+    consistency_timesteps: tuple[int, ...] | None = None
+    """Set by consistency distillation (scripts.distill): the descending teacher timesteps the
+    student was distilled on. Such a policy's network output is read as a velocity (see
+    consistency_fn) and it is sampled only with sampler "consistency", in 1 to
+    len(consistency_timesteps) network evaluations. None: a diffusion policy (DDPM / DDIM)."""
     objective: Objective = "diffusion"
     """"diffusion": epsilon prediction, sampled with DDPM / DDIM. "mse": the same network
     regresses the normalized chunk directly (input a zero chunk, timestep 0) and predicts with
@@ -148,9 +158,31 @@ class PolicyConfig:
             raise ValueError(
                 f"unknown variance_type {self.variance_type!r}; use 'fixed_small' or 'fixed_large'"
             )
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown sampler {self.sampler!r}; use 'ddpm' or 'ddim'")
+        if self.sampler not in ("ddpm", "ddim", "consistency"):
+            raise ValueError(
+                f"unknown sampler {self.sampler!r}; use 'ddpm', 'ddim' or 'consistency'"
+            )
         check_inference_steps(self.num_inference_steps, self.num_train_timesteps)
+        if (self.sampler == "consistency") != (self.consistency_timesteps is not None):
+            raise ValueError(
+                f"sampler {self.sampler!r} with consistency_timesteps={self.consistency_timesteps}: "
+                "a consistency-distilled policy (consistency_timesteps set) samples with "
+                "'consistency', a diffusion policy with 'ddpm' or 'ddim'"
+            )
+        if self.consistency_timesteps is not None:
+            grid = self.consistency_timesteps = tuple(int(t) for t in self.consistency_timesteps)
+            K = self.num_train_timesteps
+            descending = all(a > b for a, b in zip(grid, grid[1:], strict=False))
+            if not grid or not descending or not 0 <= grid[-1] <= grid[0] < K:
+                raise ValueError(
+                    f"consistency_timesteps {grid}: expected distinct timesteps in [0, {K - 1}], "
+                    "in descending order"
+                )
+            if self.num_inference_steps > len(grid):
+                raise ValueError(
+                    f"num_inference_steps={self.num_inference_steps} exceeds the {len(grid)} "
+                    "timesteps of consistency_timesteps"
+                )
         if self.objective not in ("diffusion", "mse"):
             raise ValueError(f"unknown objective {self.objective!r}; use 'diffusion' or 'mse'")
         if self.action_anchor is not None and self.low_dim_shapes.get(self.action_anchor) != (
@@ -302,14 +334,33 @@ class DiffusionPolicy(nn.Module):
         self, sampler: Sampler | None = None, k: int | None = None
     ) -> tuple[str, int]:
         """The (sampler, k) predict_action uses: the config's defaults for what is None
-        (k = K for DDPM, 10 for DDIM when the sampler is not the configured one). The "mse"
+        (k = K for DDPM, 10 for DDIM when the sampler is not the configured one). A distilled
+        policy takes only "consistency", with 1 <= k <= len(consistency_timesteps). The "mse"
         objective ignores both and reports ("mse", 1): one network evaluation."""
         cfg = self.cfg
-        if sampler not in (None, "ddpm", "ddim", MSE_SAMPLER):
-            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
+        if sampler not in (None, "ddpm", "ddim", "consistency", MSE_SAMPLER):
+            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm', 'ddim' or 'consistency'")
         if cfg.objective == "mse":
             return MSE_SAMPLER, 1
         sampler = sampler or cfg.sampler
+        grid = cfg.consistency_timesteps
+        if (sampler == "consistency") != (grid is not None):
+            raise ValueError(
+                f"sampler {sampler!r} does not fit this policy: "
+                + (
+                    f"it was consistency-distilled, sample it with 'consistency' (1-{len(grid)} steps)"
+                    if grid is not None
+                    else "it is a diffusion policy (use 'ddpm' or 'ddim'); 'consistency' needs a "
+                    "policy distilled by scripts.distill"
+                )
+            )
+        if sampler == "consistency":
+            k = k or cfg.num_inference_steps
+            if not 1 <= k <= len(grid):
+                raise ValueError(
+                    f"consistency steps k={k} must be in [1, {len(grid)}] (the distillation grid)"
+                )
+            return sampler, k
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(
                 f"sampler {sampler!r} is only for objective 'mse'; use 'ddpm' or 'ddim'"
@@ -319,6 +370,21 @@ class DiffusionPolicy(nn.Module):
         k = k or (cfg.num_train_timesteps if sampler == "ddpm" else 10)
         check_inference_steps(k, cfg.num_train_timesteps)
         return sampler, k
+
+    def consistency_fn(
+        self, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
+        """A distilled policy's consistency function f(x_t, t) -> clean chunk (B, T, Da),
+        normalized, not clipped. Its network output is read as a velocity v (Salimans & Ho 2022):
+        f = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v, well conditioned from t = 0 (nearly
+        the identity, as a consistency function must be near the data) up to pure noise."""
+        return self.schedule.predict_x0_from_v(self.net(x, t, cond), t, x)
+
+    def consistency_timesteps(self, k: int) -> list[int]:
+        """The k timesteps a k-step consistency sample visits: the distillation grid's first
+        (top) one, then evenly spaced grid points below it (grid 90, 80, ..., 0: k=2 -> 90, 40)."""
+        grid = self.cfg.consistency_timesteps
+        return [grid[i * len(grid) // k] for i in range(k)]
 
     @torch.inference_mode()
     def predict_action(
@@ -356,6 +422,20 @@ class DiffusionPolicy(nn.Module):
 
         if cfg.objective == "mse":
             x = self._regress(cond)  # (B, T, Da)
+        elif sampler == "consistency":
+            # multistep consistency sampling (Song et al. 2023, Algorithm 1): jump to x_0 from
+            # noise, then re-noise the estimate to the next (lower) timestep and jump again
+            x = noise.to(dev, torch.float32) if noise is not None else _randn(shape, generator, dev)
+            record(x)
+            times = self.consistency_timesteps(k)
+            for i, t in enumerate(times):
+                if i > 0:
+                    x = self.schedule.add_noise(x, _randn(shape, generator, dev), t)
+                x = self.consistency_fn(x, t, cond)  # (B, T, Da), the x_0 estimate
+                if cfg.clip_sample:
+                    x = x.clamp(-1.0, 1.0)
+                if i < len(times) - 1:
+                    record(x)
         else:
             x = noise.to(dev, torch.float32) if noise is not None else _randn(shape, generator, dev)
             record(x)

@@ -141,6 +141,13 @@ class NoiseSchedule:
         ab_t, _ = self._alpha_bars(t, None, x_t)
         return _x0_from_eps(eps, x_t, ab_t)  # (B, ...)
 
+    def predict_x0_from_v(self, v: torch.Tensor, t: Timestep, x_t: torch.Tensor) -> torch.Tensor:
+        """x_0 from a velocity v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans &
+        Ho 2022, arXiv 2202.00512): x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v. Unlike
+        eq. 15 it never divides by sqrt(alpha_bar_t), so it stays well conditioned at high noise."""
+        ab_t, _ = self._alpha_bars(t, None, x_t)
+        return _c(ab_t.sqrt(), x_t) * x_t - _c((1 - ab_t).sqrt(), x_t) * v  # (B, ...)
+
     def _posterior_terms(
         self, ab_t: torch.Tensor, ab_prev: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:

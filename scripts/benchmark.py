@@ -32,7 +32,12 @@ from policy.diffusion import DiffusionPolicy, PolicyConfig
 # the reference PushT low-dim setting: keypoints (9, 2) + agent position, To = 2 -> cond 40
 OBS_SHAPES = {"keypoint": (9, 2), "agent_pos": (2,)}
 SIZES = {"65.8M": (256, 512, 1024), "5.4M": (64, 128, 256)}
-LATENCY_TARGET_MS = {("65.8M", 1, "ddim", 10): 120.0, ("5.4M", 1, "ddim", 10): 15.0}
+LATENCY_TARGET_MS = {
+    ("65.8M", 1, "ddim", 10): 120.0,
+    ("5.4M", 1, "ddim", 10): 15.0,
+    ("65.8M", 1, "consistency", 1): 25.0,
+    ("5.4M", 1, "consistency", 1): 10.0,
+}
 
 
 @dataclass
@@ -70,19 +75,30 @@ def median_ms(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def _policy(down_dims) -> DiffusionPolicy:
-    cfg = PolicyConfig(obs_shapes=OBS_SHAPES, action_dim=2, down_dims=down_dims)
+def _policy(down_dims, distilled: bool = False) -> DiffusionPolicy:
+    """A PushT-shaped policy; `distilled`: its consistency-distilled form (same network)."""
+    grid = tuple(range(90, -1, -10))
+    extra = dict(consistency_timesteps=grid, sampler="consistency", num_inference_steps=1)
+    cfg = PolicyConfig(
+        obs_shapes=OBS_SHAPES, action_dim=2, down_dims=down_dims, **(extra if distilled else {})
+    )
     return DiffusionPolicy(cfg)
 
 
 def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
+    """predict_action latency: DDIM 10 and DDPM 100 of a trained policy, and 1 and 2 steps of
+    its consistency-distilled form (the same network; weights do not change the cost)."""
     rows = []
     for name, dims in SIZES.items():
-        policy = _policy(dims).to(device).eval()
+        policies = {
+            "diffusion": _policy(dims).to(device).eval(),
+            "distilled": _policy(dims, distilled=True).to(device).eval(),
+        }
         for batch in (1, 50):
             obs = {k: torch.randn(batch, 2, *s, device=device) for k, s in OBS_SHAPES.items()}
-            for sampler, k in (("ddim", 10), ("ddpm", 100)):
-                reps = repeats if k == 10 or batch == 1 else max(1, repeats // 3)
+            for sampler, k in (("ddim", 10), ("ddpm", 100), ("consistency", 1), ("consistency", 2)):
+                policy = policies["distilled" if sampler == "consistency" else "diffusion"]
+                reps = repeats if k <= 10 or batch == 1 else max(1, repeats // 3)
 
                 def call(policy=policy, obs=obs, sampler=sampler, k=k):
                     return policy.predict_action(obs, sampler, k)

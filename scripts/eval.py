@@ -44,9 +44,11 @@ class Config:
     env: EnvArgs = field(default_factory=EnvOptions)
     episodes: int = 50
     """Number of evaluation episodes (one seed each)."""
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampler: Literal["ddpm", "ddim", "consistency"] | None = None
+    """Default: the policy's own (ddim for a trained policy, consistency for a distilled one);
+    "consistency" is only for a policy written by scripts.distill."""
     inference_steps: int | None = None
-    """Denoising steps k (default: K for ddpm, 10 for ddim)."""
+    """Denoising steps k (default: K for ddpm, 10 for ddim, 1 for consistency)."""
     seed_start: int = envs.EVAL_SEED_START
     """First evaluation seed; episodes use seed_start, seed_start + 1, ..."""
     n_action_steps: int | None = None
@@ -154,6 +156,9 @@ def evaluate_policy(
             f"n_action_steps={n_action_steps} must be in [1, T - To + 1 = "
             f"{pcfg.horizon - pcfg.n_obs_steps + 1}]"
         )
+    # what will run, e.g. ("mse", 1) for the regression baseline; a sampler that does not fit
+    # the policy is refused here, before any rollout
+    sampler_used, k_used = policy.sampler_settings(sampler, inference_steps)
     keys = list(pcfg.obs_shapes)
     max_steps = check_env_fits(spec, pcfg.obs_shapes, pcfg.action_dim) or 1000
     generators: dict[int, torch.Generator] = {}
@@ -185,8 +190,6 @@ def evaluate_policy(
     policy.train(was_training)
     bar.close()
     summary = summarize(results)
-    # what actually ran: e.g. ("mse", 1) for the regression baseline, whatever was asked
-    sampler_used, k_used = policy.sampler_settings(sampler, inference_steps)
     summary.update(
         sampler=sampler_used,
         inference_steps=k_used,

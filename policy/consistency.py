@@ -1,0 +1,127 @@
+"""Consistency distillation: a trained diffusion policy becomes one that acts in 1 or 2 steps.
+
+Consistency models (Song et al. 2023, arXiv 2303.01469, Algorithm 2 "consistency
+distillation"), applied to action chunks as in Consistency Policy (Prasad et al. 2024,
+arXiv 2405.07503). The teacher is a trained epsilon-prediction DiffusionPolicy, left as it is.
+Its probability-flow ODE is solved with DDIM steps (eta = 0) on a grid of its timesteps
+
+    tau_1 > tau_2 > ... > tau_N,  then tau_{N+1} = -1 (the clean chunk, alpha_bar = 1)
+
+(default: the DDIM-10 grid 90, 80, ..., 0, so the student learns the chunk DDIM 10 would end
+at). The student has the teacher's network architecture, normalizer and config, and its
+consistency function reads the network's output as a velocity (Salimans & Ho 2022):
+
+    f(x, tau) = sqrt(alpha_bar_tau) x - sqrt(1 - alpha_bar_tau) v(x, tau),  f(x, -1) = x,
+
+which needs no division by sqrt(alpha_bar_tau) (the epsilon form amplifies the network's error
+by 1 / sqrt(alpha_bar) = 7 at tau = 90; on the two-mode toy of tests/test_consistency.py that
+left the 1-step chunk 2-3 times further from the teacher's than the velocity form). The student
+starts from the teacher's weights: its features and conditioning carry over, and at low noise,
+where v ~ eps, so does its output. It is trained so that f is the same all along each teacher
+trajectory:
+
+    x_n      ~ q(x_tau_n | x_0)   (n = 1: pure noise, which is where sampling starts)
+    x_hat    = DDIM_teacher(x_n, tau_n -> tau_{n+1})
+    loss     = || f_theta(x_n, tau_n) - f_target(x_hat, tau_{n+1}) ||^2,  n ~ U{1..N}
+
+where the target network is a short exponential moving average of the student (decay mu,
+default 0.95; mu = 0 makes it the student itself) and f_target(x, -1) = x pins the chain to the
+teacher's clean end. The consistency sampler (DiffusionPolicy.predict_action with sampler
+"consistency") then evaluates f once from noise at tau_1, or re-noises that estimate to a lower
+grid timestep and evaluates f again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from policy.diffusion import DiffusionPolicy
+from policy.ema import EMA
+
+
+def ddim_grid(num_train_timesteps: int, n: int) -> tuple[int, ...]:
+    """The teacher timesteps of a DDIM-n sample ("leading" spacing): K=100, n=10 -> 90 ... 0."""
+    if not 1 <= n <= num_train_timesteps:
+        raise ValueError(f"grid size n={n} must be in [1, K={num_train_timesteps}]")
+    step = num_train_timesteps // n
+    return tuple(range((n - 1) * step, -1, -step))
+
+
+class ConsistencyDistiller:
+    """Holds the frozen teacher, the student being trained and the student's target network.
+
+    `loss(batch)` is the consistency distillation loss of one batch of training windows (the
+    same {"obs", "action"} batches compute_loss takes); after each optimizer step on the
+    student, call `update_target()`.
+    """
+
+    def __init__(
+        self,
+        teacher: DiffusionPolicy,
+        grid: tuple[int, ...] | None = None,
+        target_decay: float = 0.95,
+    ):
+        tcfg = teacher.cfg
+        if tcfg.objective != "diffusion" or tcfg.consistency_timesteps is not None:
+            raise ValueError(
+                "the teacher must be a diffusion policy (objective 'diffusion', not already "
+                f"distilled); got objective={tcfg.objective!r}, "
+                f"consistency_timesteps={tcfg.consistency_timesteps}"
+            )
+        if not 0 <= target_decay < 1:
+            raise ValueError(f"target_decay={target_decay}: expected 0 <= mu < 1")
+        grid = ddim_grid(tcfg.num_train_timesteps, 10) if grid is None else tuple(grid)
+        cfg = dataclasses.replace(
+            tcfg, consistency_timesteps=grid, sampler="consistency", num_inference_steps=1
+        )  # validates the grid
+        self.grid = cfg.consistency_timesteps
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.student = DiffusionPolicy(cfg).to(teacher.device)
+        self.student.load_state_dict(teacher.state_dict())  # network, encoders, normalizer
+        # mu = 0.95 after a short warm-up (the first update copies the student)
+        self.target = EMA(self.student, power=0.75, max_decay=target_decay)
+        dev = teacher.device
+        self._times = torch.tensor([*self.grid, -1], device=dev)  # tau_1 .. tau_N, -1
+
+    def update_target(self) -> None:
+        self.target.update(self.student)
+
+    def loss(
+        self,
+        batch: Mapping,
+        noise: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Consistency distillation loss on a batch of windows {"obs": {key: (B, >= To, ...)},
+        "action": (B, T, Da)} in raw units. `noise` (B, T, Da) and `index` (B,), the grid
+        position n - 1 in [0, N) of each row, may be given (default: torch's global RNG)."""
+        student, cfg = self.student, self.student.cfg
+        dev = student.device
+        obs = {k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()}  # (B, To, ...)
+        action = torch.as_tensor(batch["action"], device=dev, dtype=torch.float32)
+        x0 = student.normalizer.normalize("action", action - student.anchor(obs))  # (B, T, Da)
+        b = x0.shape[0]
+        noise = torch.randn_like(x0) if noise is None else noise.to(dev)
+        n = (
+            torch.randint(0, len(self.grid), (b,), device=dev) if index is None else index.to(dev)
+        )  # (B,)
+        t_hi, t_lo = self._times[n], self._times[n + 1]  # (B,), t_lo = -1 past the grid
+        top = (n == 0).reshape(b, 1, 1)
+        x_hi = torch.where(top, noise, student.schedule.add_noise(x0, noise, t_hi))
+
+        with torch.no_grad():
+            teacher = self.teacher
+            eps = teacher.net(x_hi, t_hi, teacher.encode_obs(obs))
+            x_lo = teacher.schedule.ddim_step(eps, t_hi, t_lo, x_hi)  # one ODE step
+            target_net = self.target.model
+            f_lo = target_net.consistency_fn(x_lo, t_lo.clamp(min=0), target_net.encode_obs(obs))
+            target = torch.where((t_lo < 0).reshape(b, 1, 1), x_lo, f_lo)  # f(x, -1) = x
+        pred = student.consistency_fn(x_hi, t_hi, student.encode_obs(obs))
+        return F.mse_loss(pred, target)
+
+
+__all__ = ["ConsistencyDistiller", "ddim_grid"]
