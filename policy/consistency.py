@@ -2,7 +2,8 @@
 
 Consistency models (Song et al. 2023, arXiv 2303.01469, Algorithm 2 "consistency
 distillation"), applied to action chunks as in Consistency Policy (Prasad et al. 2024,
-arXiv 2405.07503). The teacher is a trained epsilon-prediction DiffusionPolicy, left as it is.
+arXiv 2405.07503). The teacher is a trained epsilon-prediction DiffusionPolicy; its weights
+are not changed.
 Its probability-flow ODE is solved with DDIM steps (eta = 0) on a grid of its timesteps
 
     tau_1 > tau_2 > ... > tau_N,  then tau_{N+1} = -1 (the clean chunk, alpha_bar = 1)
@@ -56,7 +57,11 @@ class ConsistencyDistiller:
 
     `loss(batch)` is the consistency distillation loss of one batch of training windows (the
     same {"obs", "action"} batches compute_loss takes); after each optimizer step on the
-    student, call `update_target()`.
+    student, call `update_target()`. The teacher module is put in eval mode with gradients off
+    (its weights are never changed). The grid's top timestep is fed pure noise, which matches
+    the teacher's own sampler only when it is a DDIM start point (as ddim_grid's are).
+    Camera keys: the student encodes its own random crop (train mode) while the teacher and
+    the target see the centre crop, so the student also learns to match them across crops.
     """
 
     def __init__(
@@ -84,8 +89,7 @@ class ConsistencyDistiller:
         self.student.load_state_dict(teacher.state_dict())  # network, encoders, normalizer
         # mu = 0.95 after a short warm-up (the first update copies the student)
         self.target = EMA(self.student, power=0.75, max_decay=target_decay)
-        dev = teacher.device
-        self._times = torch.tensor([*self.grid, -1], device=dev)  # tau_1 .. tau_N, -1
+        self._times = torch.tensor([*self.grid, -1])  # tau_1 .. tau_N, then -1 (clean)
 
     def update_target(self) -> None:
         self.target.update(self.student)
@@ -97,23 +101,37 @@ class ConsistencyDistiller:
         index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Consistency distillation loss on a batch of windows {"obs": {key: (B, >= To, ...)},
-        "action": (B, T, Da)} in raw units. `noise` (B, T, Da) and `index` (B,), the grid
+        "action": (B, T, Da)} in raw units (float32, whatever the autocast). `noise` (B, T, Da) and `index` (B,), the grid
         position n - 1 in [0, N) of each row, may be given (default: torch's global RNG)."""
         student, cfg = self.student, self.student.cfg
         dev = student.device
         obs = {k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()}  # (B, To, ...)
         action = torch.as_tensor(batch["action"], device=dev, dtype=torch.float32)
+        if action.shape[1:] != (cfg.horizon, cfg.action_dim):
+            raise ValueError(
+                f"batch['action'] has shape {tuple(action.shape)}; expected (B, {cfg.horizon}, {cfg.action_dim})"
+            )
         x0 = student.normalizer.normalize("action", action - student.anchor(obs))  # (B, T, Da)
-        b = x0.shape[0]
+        b, n_grid = x0.shape[0], len(self.grid)
         noise = torch.randn_like(x0) if noise is None else noise.to(dev)
-        n = (
-            torch.randint(0, len(self.grid), (b,), device=dev) if index is None else index.to(dev)
-        )  # (B,)
-        t_hi, t_lo = self._times[n], self._times[n + 1]  # (B,), t_lo = -1 past the grid
+        n = torch.randint(0, n_grid, (b,), device=dev) if index is None else index.to(dev)
+        if (
+            noise.shape != x0.shape
+            or n.shape != (b,)
+            or not 0 <= int(n.min()) <= int(n.max()) < n_grid
+        ):
+            raise ValueError(
+                f"noise {tuple(noise.shape)} must be {tuple(x0.shape)} and index {tuple(n.shape)} "
+                f"({b},) with values in [0, {n_grid})"
+            )
+        times = self._times.to(dev)
+        t_hi, t_lo = times[n], times[n + 1]  # (B,), t_lo = -1 past the grid
         top = (n == 0).reshape(b, 1, 1)
         x_hi = torch.where(top, noise, student.schedule.add_noise(x0, noise, t_hi))
 
-        with torch.no_grad():
+        # the teacher's ODE step and the target in full precision, even under bf16 autocast:
+        # at tau = 90 the DDIM step multiplies the teacher's epsilon error by 7
+        with torch.no_grad(), torch.autocast(dev.type, enabled=False):
             teacher = self.teacher
             eps = teacher.net(x_hi, t_hi, teacher.encode_obs(obs))
             x_lo = teacher.schedule.ddim_step(eps, t_hi, t_lo, x_hi)  # one ODE step
@@ -121,7 +139,7 @@ class ConsistencyDistiller:
             f_lo = target_net.consistency_fn(x_lo, t_lo.clamp(min=0), target_net.encode_obs(obs))
             target = torch.where((t_lo < 0).reshape(b, 1, 1), x_lo, f_lo)  # f(x, -1) = x
         pred = student.consistency_fn(x_hi, t_hi, student.encode_obs(obs))
-        return F.mse_loss(pred, target)
+        return F.mse_loss(pred.float(), target)
 
 
 __all__ = ["ConsistencyDistiller", "ddim_grid"]

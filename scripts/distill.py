@@ -75,7 +75,8 @@ class Config:
     seed: int = 0
     device: str = "auto"
     amp: bool = False
-    """bf16 autocast for the student's forward/backward pass."""
+    """bf16 autocast for the student's forward/backward pass (the teacher's ODE step and the
+    target stay in float32)."""
     log_every: int = 100
     progress: bool = True
 

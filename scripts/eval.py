@@ -48,7 +48,8 @@ class Config:
     """Default: the policy's own (ddim for a trained policy, consistency for a distilled one);
     "consistency" is only for a policy written by scripts.distill."""
     inference_steps: int | None = None
-    """Denoising steps k (default: K for ddpm, 10 for ddim, 1 for consistency)."""
+    """Denoising steps k (default: the policy's own k for its own sampler, else K for ddpm and
+    10 for ddim)."""
     seed_start: int = envs.EVAL_SEED_START
     """First evaluation seed; episodes use seed_start, seed_start + 1, ..."""
     n_action_steps: int | None = None

@@ -62,8 +62,8 @@ class Config:
     """Chunks sampled for the observation."""
     steps: tuple[int, ...] | None = None
     """Denoising steps drawn, one panel each (0 = noise, k = plan); default 5 evenly spaced."""
-    sampler: Literal["ddpm", "ddim"] | None = None
-    """Default: the policy's."""
+    sampler: Literal["ddpm", "ddim", "consistency"] | None = None
+    """Default: the policy's ("consistency" only for a distilled one)."""
     inference_steps: int | None = None
     """k (default: the policy's for its sampler, K for ddpm)."""
     noise_seed: int = 0
