@@ -101,29 +101,31 @@ class ConsistencyDistiller:
         index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Consistency distillation loss on a batch of windows {"obs": {key: (B, >= To, ...)},
-        "action": (B, T, Da)} in raw units (float32, whatever the autocast). `noise` (B, T, Da) and `index` (B,), the grid
-        position n - 1 in [0, N) of each row, may be given (default: torch's global RNG)."""
+        "action": (B, T, Da)} in raw units; float32 whatever the autocast. `noise` (B, T, Da)
+        and `index` (B,), each row's grid position n - 1 in [0, N), may be given (default:
+        drawn from torch's global RNG)."""
         student, cfg = self.student, self.student.cfg
         dev = student.device
         obs = {k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()}  # (B, To, ...)
         action = torch.as_tensor(batch["action"], device=dev, dtype=torch.float32)
         if action.shape[1:] != (cfg.horizon, cfg.action_dim):
             raise ValueError(
-                f"batch['action'] has shape {tuple(action.shape)}; expected (B, {cfg.horizon}, {cfg.action_dim})"
+                f"batch['action'] has shape {tuple(action.shape)}; "
+                f"expected (B, {cfg.horizon}, {cfg.action_dim})"
             )
         x0 = student.normalizer.normalize("action", action - student.anchor(obs))  # (B, T, Da)
         b, n_grid = x0.shape[0], len(self.grid)
         noise = torch.randn_like(x0) if noise is None else noise.to(dev)
-        n = torch.randint(0, n_grid, (b,), device=dev) if index is None else index.to(dev)
-        if (
-            noise.shape != x0.shape
-            or n.shape != (b,)
-            or not 0 <= int(n.min()) <= int(n.max()) < n_grid
-        ):
-            raise ValueError(
-                f"noise {tuple(noise.shape)} must be {tuple(x0.shape)} and index {tuple(n.shape)} "
-                f"({b},) with values in [0, {n_grid})"
-            )
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {tuple(x0.shape)}")
+        if index is None:
+            n = torch.randint(0, n_grid, (b,), device=dev)
+        else:
+            n = index.to(dev)
+            if n.shape != (b,) or not 0 <= int(n.min()) <= int(n.max()) < n_grid:
+                raise ValueError(
+                    f"index {n.tolist()}: expected shape ({b},) and grid positions in [0, {n_grid})"
+                )
         times = self._times.to(dev)
         t_hi, t_lo = times[n], times[n + 1]  # (B,), t_lo = -1 past the grid
         top = (n == 0).reshape(b, 1, 1)
