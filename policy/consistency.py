@@ -104,16 +104,9 @@ class ConsistencyDistiller:
         "action": (B, T, Da)} in raw units; float32 whatever the autocast. `noise` (B, T, Da)
         and `index` (B,), each row's grid position n - 1 in [0, N), may be given (default:
         drawn from torch's global RNG)."""
-        student, cfg = self.student, self.student.cfg
+        student = self.student
         dev = student.device
-        obs = {k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()}  # (B, To, ...)
-        action = torch.as_tensor(batch["action"], device=dev, dtype=torch.float32)
-        if action.shape[1:] != (cfg.horizon, cfg.action_dim):
-            raise ValueError(
-                f"batch['action'] has shape {tuple(action.shape)}; "
-                f"expected (B, {cfg.horizon}, {cfg.action_dim})"
-            )
-        x0 = student.normalizer.normalize("action", action - student.anchor(obs))  # (B, T, Da)
+        obs, x0 = student.training_chunk(batch)  # (B, To, ...), (B, T, Da) normalized
         b, n_grid = x0.shape[0], len(self.grid)
         noise = torch.randn_like(x0) if noise is None else noise.to(dev)
         if noise.shape != x0.shape:

@@ -304,14 +304,8 @@ class DiffusionPolicy(nn.Module):
         the "mse" objective ignores them.
         """
         cfg = self.cfg
-        obs = {k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()}  # (B, To, ...)
-        action = torch.as_tensor(batch["action"], device=self.device, dtype=torch.float32)
-        if action.shape[1:] != (cfg.horizon, cfg.action_dim):
-            raise ValueError(
-                f"batch['action'] has shape {tuple(action.shape)}; expected (B, {cfg.horizon}, {cfg.action_dim})"
-            )
+        obs, x0 = self.training_chunk(batch)
         cond = self.encode_obs(obs)  # (B, To * Do)
-        x0 = self.normalizer.normalize("action", action - self.anchor(obs))  # (B, T, Da)
         if cfg.objective == "mse":
             return F.mse_loss(self._regress(cond), x0)
         noise = torch.randn_like(x0) if noise is None else noise  # (B, T, Da)
@@ -322,6 +316,19 @@ class DiffusionPolicy(nn.Module):
         )  # (B,)
         x_t = self.schedule.add_noise(x0, noise, t)  # (B, T, Da)
         return F.mse_loss(self.net(x_t, t, cond), noise)
+
+    def training_chunk(self, batch: Mapping) -> tuple[dict, torch.Tensor]:
+        """A training batch's conditioning steps and target chunk: (obs cut to its first To
+        steps, the action chunk relative to the anchor and normalized, (B, T, Da))."""
+        cfg = self.cfg
+        obs = {k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()}  # (B, To, ...)
+        action = torch.as_tensor(batch["action"], device=self.device, dtype=torch.float32)
+        if action.shape[1:] != (cfg.horizon, cfg.action_dim):
+            raise ValueError(
+                f"batch['action'] has shape {tuple(action.shape)}; "
+                f"expected (B, {cfg.horizon}, {cfg.action_dim})"
+            )
+        return obs, self.normalizer.normalize("action", action - self.anchor(obs))
 
     def _regress(self, cond: torch.Tensor) -> torch.Tensor:
         """The "mse" objective's normalized chunk: one network evaluation on a zero chunk at
