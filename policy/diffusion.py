@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policy.checkpoint import CheckpointError, config_from_dict, load_tensors, save_tensors
+from policy.cuda_graphs import GraphedCall
 from policy.encoders import CameraConfig, ObsEncoder
 from policy.normalizer import Normalizer
 from policy.schedule import NoiseSchedule
@@ -261,6 +262,13 @@ class DiffusionPolicy(nn.Module):
             diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
             cond_predict_scale=cfg.cond_predict_scale,
         )
+        self._graphs: dict | None = None  # captured sampling loops, see use_cuda_graphs
+
+    def __getstate__(self) -> dict:
+        # deepcopy (EMA) and pickle start without captured graphs: they hold this copy's memory
+        state = super().__getstate__()
+        state["_graphs"] = {} if state.get("_graphs") is not None else None
+        return state
 
     @property
     def device(self) -> torch.device:
@@ -393,6 +401,72 @@ class DiffusionPolicy(nn.Module):
         grid = self.cfg.consistency_timesteps
         return [grid[i * len(grid) // k] for i in range(k)]
 
+    def _loop_timesteps(self, sampler: str, k: int) -> list[int]:
+        if sampler == "consistency":
+            return self.consistency_timesteps(k)
+        return self.schedule.inference_timesteps(k, sampler=sampler).tolist()
+
+    def _denoise(
+        self,
+        sampler: str,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        step_noise: torch.Tensor,
+        times: torch.Tensor,
+        record: Callable[[torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop from x (B, T, Da), noise at times[0], to a normalized chunk.
+
+        times (k,) are the timesteps to visit, as a device tensor; step_noise (n, B, T, Da) the
+        per-step draws (DDPM: one per step, consistency: one per re-noising, DDIM: none).
+        `record` sees each intermediate sample. Only device work: a CUDA graph can capture it.
+        """
+        k = times.shape[0]
+        stride = self.cfg.num_train_timesteps // k
+        for i in range(k):
+            t = times[i : i + 1]  # (1,): broadcast over the batch, never read on the host
+            if sampler == "consistency":
+                # multistep consistency sampling (Song et al. 2023, Algorithm 1): jump to x_0
+                # from noise, then re-noise the estimate to the next (lower) timestep and jump
+                if i > 0:
+                    x = self.schedule.add_noise(x, step_noise[i - 1], t)
+                x = self.consistency_fn(x, t, cond)  # (B, T, Da), the x_0 estimate
+                if self.cfg.clip_sample:
+                    x = x.clamp(-1.0, 1.0)
+            else:
+                eps = self.net(x, t, cond)  # (B, T, Da)
+                if sampler == "ddpm":
+                    x = self.schedule.ddpm_step(eps, t, x, step_noise[i], prev_t=t - stride)
+                else:
+                    x = self.schedule.ddim_step(eps, t, t - stride, x)
+            if record is not None and i < k - 1:  # the last one is action_pred
+                record(x)
+        return x
+
+    def use_cuda_graphs(self, enabled: bool = True) -> DiffusionPolicy:
+        """Replay predict_action's denoising loop as a CUDA graph (policy/cuda_graphs.py).
+
+        The loop is captured on the first call for each (sampler, k, batch size) and replayed
+        after that: one launch instead of ~150 per network evaluation. Needs the policy on a
+        CUDA device. Calls with return_trajectory run eagerly. Returns self."""
+        self._graphs = {} if enabled else None
+        return self
+
+    def _graphed_denoise(self, sampler, x, cond, step_noise, times) -> torch.Tensor:
+        if x.device.type != "cuda":
+            raise ValueError(
+                f"use_cuda_graphs: the policy is on {x.device}; CUDA graphs need a CUDA device "
+                "(call use_cuda_graphs(False) to sample eagerly)"
+            )
+        key = (sampler, times.shape[0], tuple(x.shape), tuple(cond.shape), cond.dtype)
+        params = [*self.parameters(), *self.buffers(), *self.schedule.tables]
+        graphed = self._graphs.get(key)
+        if graphed is None or not graphed.matches(params):
+            graphed = self._graphs[key] = GraphedCall(
+                lambda *a: self._denoise(sampler, *a), (x, cond, step_noise, times), params
+            )
+        return graphed(x, cond, step_noise, times)
+
     @torch.inference_mode()
     def predict_action(
         self,
@@ -429,35 +503,19 @@ class DiffusionPolicy(nn.Module):
 
         if cfg.objective == "mse":
             x = self._regress(cond)  # (B, T, Da)
-        elif sampler == "consistency":
-            # multistep consistency sampling (Song et al. 2023, Algorithm 1): jump to x_0 from
-            # noise, then re-noise the estimate to the next (lower) timestep and jump again
-            x = noise.to(dev, torch.float32) if noise is not None else _randn(shape, generator, dev)
-            record(x)
-            times = self.consistency_timesteps(k)
-            for i, t in enumerate(times):
-                if i > 0:
-                    x = self.schedule.add_noise(x, _randn(shape, generator, dev), t)
-                x = self.consistency_fn(x, t, cond)  # (B, T, Da), the x_0 estimate
-                if cfg.clip_sample:
-                    x = x.clamp(-1.0, 1.0)
-                if i < len(times) - 1:
-                    record(x)
         else:
+            # every draw up front, in the order the steps use them: the loop itself does no
+            # host work, so that a CUDA graph can replay it (policy/cuda_graphs.py)
             x = noise.to(dev, torch.float32) if noise is not None else _randn(shape, generator, dev)
-            record(x)
-            timesteps = self.schedule.inference_timesteps(k, sampler=sampler).tolist()
-            stride = cfg.num_train_timesteps // k
-            for t in timesteps:
-                eps = self.net(x, t, cond)  # (B, T, Da)
-                if sampler == "ddpm":
-                    x = self.schedule.ddpm_step(
-                        eps, t, x, _randn(shape, generator, dev), prev_t=t - stride
-                    )
-                else:
-                    x = self.schedule.ddim_step(eps, t, t - stride, x)
-                if t != timesteps[-1]:  # the last one is action_pred, appended below
-                    record(x)
+            n_draws = {"ddpm": k, "ddim": 0, "consistency": k - 1}[sampler]
+            draws = [_randn(shape, generator, dev) for _ in range(n_draws)]
+            step_noise = torch.stack(draws) if draws else x.new_zeros((0, *shape))
+            times = torch.tensor(self._loop_timesteps(sampler, k), device=dev)  # (k,)
+            if self._graphs is not None and not return_trajectory:
+                x = self._graphed_denoise(sampler, x, cond, step_noise, times)
+            else:
+                record(x)
+                x = self._denoise(sampler, x, cond, step_noise, times, record)
         action_pred = self.normalizer.unnormalize("action", x) + anchor  # (B, T, Da)
         start = cfg.n_obs_steps - 1
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {

@@ -30,6 +30,11 @@ events drops it, never by watching the weights' version counters:
   loop never finds an old copy, even in eval mode;
 - `refresh_fast_paths(module)`: EMA.update calls it after averaging in place.
 
+Off switch. Inside `fast_paths_disabled()` every layer is exactly its nn parent, whatever the
+mode: the plain-network baseline of scripts.benchmark, and the CUDA graph capture of
+policy/cuda_graphs.py (a graph must read the parameters themselves, which in-place writes
+update, not a derived copy that a refresh would free under it).
+
 A cache also remembers the Parameter objects it came from, so assigning a new Parameter
 (`conv.weight = nn.Parameter(w)`, torch.func.functional_call) takes it out of use. What no
 module can see is an in-place write to the weights of an eval-mode model from outside
@@ -40,9 +45,10 @@ the next no-grad call, or that call still uses the weights of the last build.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -57,6 +63,18 @@ logger = logging.getLogger(__name__)
 # ones to im2col + one GEMM. Both thresholds measured on a 2-core AVX-512 CPU.
 FAST_MAX_ROWS = 64
 PACKED_MIN_WEIGHT = 150_000
+_switch = {"on": True}
+
+
+@contextlib.contextmanager
+def fast_paths_disabled() -> Iterator[None]:
+    """Run every fast layer as its plain nn parent inside the block (nestable)."""
+    was = _switch["on"]
+    _switch["on"] = False
+    try:
+        yield
+    finally:
+        _switch["on"] = was
 
 
 # ---- the cache and its lifecycle ---------------------------------------------------------------
@@ -125,7 +143,8 @@ def _fast_call_ok(layer: nn.Module, x: torch.Tensor, rows: int) -> bool:
         layer.refresh_fast_path()  # being trained: a kept copy would miss the next step
         return False
     return (
-        not layer.training
+        _switch["on"]
+        and not layer.training
         and rows <= FAST_MAX_ROWS
         and x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -315,7 +334,7 @@ class BatchedFiLM(FastPath):
         if torch.is_grad_enabled() and (cond.requires_grad or any(p.requires_grad for p in params)):
             self.refresh_fast_path()  # being trained: a kept copy would miss the next step
             return [None] * len(self.linears)
-        if self.training:
+        if self.training or not _switch["on"]:
             return [None] * len(self.linears)
         w_t, b = self.derived(
             params,
@@ -333,6 +352,7 @@ __all__ = [
     "FastConvTranspose1d",
     "FastLinear",
     "FastPath",
+    "fast_paths_disabled",
     "packed_ops_available",
     "refresh_fast_paths",
 ]

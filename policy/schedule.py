@@ -101,6 +101,11 @@ class NoiseSchedule:
         self.alphas_cumprod = self.alphas_cumprod.to(device)
         return self
 
+    @property
+    def tables(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the step functions read (replaced, not written, by `to`)."""
+        return self._alpha_bar, self.betas, self.alphas, self.alphas_cumprod
+
     # ------------------------------------------------------------------ table look-ups
     def _t(self, t: Timestep, ref: torch.Tensor, lo: float = 0) -> torch.Tensor:
         """t as a long tensor on the tables' device (moving the tables to ref's device).

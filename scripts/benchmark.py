@@ -11,6 +11,7 @@ on a synthetic dataset with 1 process and under torchrun with 2 and reports samp
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -28,6 +29,7 @@ import torch
 import tyro
 
 from policy.diffusion import DiffusionPolicy, PolicyConfig
+from policy.fast_layers import fast_paths_disabled
 
 # the reference PushT low-dim setting: keypoints (9, 2) + agent position, To = 2 -> cond 40
 OBS_SHAPES = {"keypoint": (9, 2), "agent_pos": (2,)}
@@ -87,7 +89,15 @@ def _policy(down_dims, distilled: bool = False) -> DiffusionPolicy:
 
 def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
     """predict_action latency: DDIM 10 and DDPM 100 of a trained policy, and 1 and 2 steps of
-    its consistency-distilled form (the same network; weights do not change the cost)."""
+    its consistency-distilled form (the same network; weights do not change the cost).
+
+    Modes: "eager" is predict_action as shipped (with the fast layers); "plain" the same call
+    with every fast path off (policy.fast_layers.fast_paths_disabled: the nn layers alone, the
+    baseline; batch 1, not DDPM); on CUDA, "graph" replays the loop as a CUDA graph
+    (DiffusionPolicy.use_cuda_graphs), captured in the warm-up call."""
+    modes = (
+        ("plain", "eager", "graph") if torch.device(device).type == "cuda" else ("plain", "eager")
+    )
     rows = []
     for name, dims in SIZES.items():
         policies = {
@@ -99,21 +109,29 @@ def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
             for sampler, k in (("ddim", 10), ("ddpm", 100), ("consistency", 1), ("consistency", 2)):
                 policy = policies["distilled" if sampler == "consistency" else "diffusion"]
                 reps = repeats if k <= 10 or batch == 1 else max(1, repeats // 3)
+                for mode in modes:
+                    if mode == "plain" and (batch > 1 or sampler == "ddpm"):
+                        continue
+                    policy.use_cuda_graphs(mode == "graph")
+                    switch = fast_paths_disabled() if mode == "plain" else contextlib.nullcontext()
 
-                def call(policy=policy, obs=obs, sampler=sampler, k=k):
-                    return policy.predict_action(obs, sampler, k)
+                    def call(policy=policy, obs=obs, sampler=sampler, k=k):
+                        return policy.predict_action(obs, sampler, k)
 
-                ms = median_ms(call, reps, warmup=1)
-                rows.append(
-                    {
-                        "model": name,
-                        "batch": batch,
-                        "sampler": sampler,
-                        "k": k,
-                        "ms": ms,
-                        "target_ms": LATENCY_TARGET_MS.get((name, batch, sampler, k)),
-                    }
-                )
+                    with switch:
+                        ms = median_ms(call, reps, warmup=1)
+                    policy.use_cuda_graphs(False)
+                    rows.append(
+                        {
+                            "model": name,
+                            "batch": batch,
+                            "sampler": sampler,
+                            "k": k,
+                            "mode": mode,
+                            "ms": ms,
+                            "target_ms": LATENCY_TARGET_MS.get((name, batch, sampler, k)),
+                        }
+                    )
     return rows
 
 

@@ -64,6 +64,8 @@ class Config:
     """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
     seed: int = 0
     """Seed of the sampler's noise (each episode draws from its own stream of it)."""
+    cuda_graphs: bool = False
+    """Replay the denoising loop as a CUDA graph (CUDA devices only; same chunks as eager)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -206,6 +208,10 @@ def main(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
     policy_dir = find_policy_dir(cfg.checkpoint)
     policy = DiffusionPolicy.from_pretrained(policy_dir, device=device)
+    if cfg.cuda_graphs:
+        if device.type != "cuda":
+            raise SystemExit(f"scripts.eval: --cuda-graphs needs a CUDA device, not {device}")
+        policy.use_cuda_graphs()
     spec = cfg.env.resolve(base=policy_task(policy))
     seeds = list(range(cfg.seed_start, cfg.seed_start + cfg.episodes))
     summary, results = evaluate_policy(
@@ -220,7 +226,10 @@ def main(cfg: Config) -> dict:
         n_action_steps=cfg.n_action_steps,
     )
     summary.update(
-        checkpoint=str(policy_dir), device=str(device), train_step=policy.metadata.get("step")
+        checkpoint=str(policy_dir),
+        device=str(device),
+        cuda_graphs=cfg.cuda_graphs,
+        train_step=policy.metadata.get("step"),
     )
     video_dir = cfg.video_dir or policy_dir / "videos"
     name = spec.name.replace("/", "_")
@@ -232,7 +241,8 @@ def main(cfg: Config) -> dict:
     lo, hi = summary["success_ci95"]
     print(f"checkpoint     {policy_dir} (step {summary['train_step']})")
     print(f"environment    {spec.env_id} (task {spec.name})")
-    print(f"sampler        {summary['sampler']} k={summary['inference_steps']} on {device}")
+    graphs = " (CUDA graph)" if cfg.cuda_graphs else ""
+    print(f"sampler        {summary['sampler']} k={summary['inference_steps']} on {device}{graphs}")
     print(f"episodes       {summary['episodes']} (seeds {seeds[0]}..{seeds[-1]})")
     print(f"success rate   {summary['success_rate']:.3f}  (95% CI {lo:.3f}-{hi:.3f})")
     print(f"mean max reward {_fmt(summary['mean_max_reward'])}")

@@ -1,22 +1,48 @@
 #!/usr/bin/env bash
-# The GPU check: a few minutes on a CUDA machine. Benchmarks inference latency and training
-# throughput on the GPU, then collects 100 PushT demonstrations, trains 2000 steps with bf16
-# autocast and evaluates 50 held-out episodes on the GPU. Results under outputs/gpu/ (and
-# $OUT/gpu when OUT is set, e.g. by a remote runner). Install first with a CUDA torch:
+# The GPU check, a few minutes on a CUDA machine:
+#   1. the CUDA graph tests (tests/test_cuda_graphs.py: replay == eager, weight writes, re-capture)
+#   2. the benchmark on the GPU: predict_action latency plain / eager / CUDA graph, and training
+#      samples/s in fp32 and bf16
+#   3. collect 100 PushT demonstrations, train 2000 steps with bf16 autocast on the GPU, evaluate
+#      50 held-out episodes on the GPU, eagerly and with the CUDA graph.
+# Results in outputs/gpu/ (copied to $OUT/gpu after each stage when OUT is set, e.g. by a remote
+# runner). Install first with a CUDA torch:
 #     TORCH_SPEC="torch==2.13.0" bash scripts/install.sh   (with your CUDA index configured)
+# DEVICE=cpu STEPS=50 EPISODES=4 runs the same stages on a CPU in a minute or two (a dry run of
+# the script itself; no CUDA graphs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 PY=${PY:-.venv/bin/python}
+DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-2000}
+EPISODES=${EPISODES:-50}
 DIR=outputs/gpu
-mkdir -p "$DIR"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$DIR/gpu.txt"
-$PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device visible to torch"'
-$PY -m scripts.benchmark --sections inference train --device cuda --json "$DIR/bench.json"
+rm -rf "$DIR" && mkdir -p "$DIR"
+save() { # the files of $DIR (not the dataset or run folders)
+    if [ -n "${OUT:-}" ]; then
+        mkdir -p "$OUT/gpu" && find "$DIR" -maxdepth 1 -type f -exec cp {} "$OUT/gpu/" \;
+    fi
+}
+
+GRAPHS=""
+if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$DIR/gpu.txt"
+    $PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device visible to torch"'
+    GRAPHS=--cuda-graphs
+fi
+$PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tee "$DIR/tests.txt" ||
+    echo "tests/test_cuda_graphs.py FAILED" | tee -a "$DIR/tests.txt"
+$PY -m scripts.benchmark --sections inference train --device "$DEVICE" --json "$DIR/bench.json"
+save
 $PY -m scripts.collect --task pusht --episodes 100 --action-noise 3 --out "$DIR/pusht.zarr" \
     --no-progress
-$PY -m scripts.train --dataset "$DIR/pusht.zarr" --out "$DIR/run" --steps 2000 \
-    --eval-every 1000 --amp --device cuda --no-progress
-$PY -m scripts.eval --checkpoint "$DIR/run" --episodes 50 --device cuda --videos 0 \
-    --json "$DIR/eval.json" --no-progress
-if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/gpu" && cp "$DIR"/*.json "$DIR/gpu.txt" "$OUT/gpu/"; fi
+$PY -m scripts.train --dataset "$DIR/pusht.zarr" --out "$DIR/run" --steps "$STEPS" \
+    --eval-every $((STEPS / 2)) --amp --device "$DEVICE" --no-progress
+cp "$DIR/run/metrics.jsonl" "$DIR/train_metrics.jsonl"
+for mode in eager $GRAPHS; do
+    flag=$([ "$mode" = eager ] || echo "$mode")
+    $PY -m scripts.eval --checkpoint "$DIR/run" --episodes "$EPISODES" --device "$DEVICE" \
+        --videos 0 --json "$DIR/eval_${mode#--}.json" --no-progress $flag
+done
+save

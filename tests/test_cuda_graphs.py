@@ -1,0 +1,145 @@
+"""Tests for the captured sampling loop (policy/cuda_graphs.py, DiffusionPolicy.use_cuda_graphs).
+
+On any machine: predict_action's loop, which pre-draws all its noise so that a graph can replay
+it, equals a loop written here from the schedule's step functions with python-int timesteps,
+draw for draw; the fast-path switch gives the plain layers; asking for graphs on the CPU is
+refused with a message. On a CUDA machine (scripts/gpu_check.sh runs this file there): the
+replayed graph gives the eager chunk, sees in-place weight writes, and captures again after
+the parameters are replaced.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from policy.diffusion import DiffusionPolicy, PolicyConfig
+from policy.fast_layers import BatchedFiLM, FastConv1d, fast_paths_disabled
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+OBS = {"s": (3,)}
+GRID = (90, 70, 50, 30, 10)
+
+
+def _policy(distilled: bool = False, seed: int = 0) -> DiffusionPolicy:
+    torch.manual_seed(seed)
+    extra = dict(consistency_timesteps=GRID, sampler="consistency", num_inference_steps=1)
+    cfg = PolicyConfig(
+        obs_shapes=OBS,
+        action_dim=2,
+        horizon=8,
+        n_obs_steps=2,
+        n_action_steps=4,
+        down_dims=(16, 32),
+        diffusion_step_embed_dim=16,
+        **(extra if distilled else {}),
+    )
+    return DiffusionPolicy(cfg).eval()
+
+
+def _obs(batch: int, device="cpu") -> dict:
+    return {"s": torch.randn(batch, 2, 3, generator=torch.Generator().manual_seed(1)).to(device)}
+
+
+def _hand_loop(policy: DiffusionPolicy, obs, sampler: str, k: int, seed: int) -> torch.Tensor:
+    """predict_action's contract, written out: the initial noise is the generator's first draw,
+    then each DDPM step (or consistency re-noising) draws its noise in step order."""
+    gen = torch.Generator().manual_seed(seed)
+    sched, cfg = policy.schedule, policy.cfg
+    shape = (obs["s"].shape[0], cfg.horizon, cfg.action_dim)
+    with torch.no_grad():
+        cond = policy.encode_obs(obs)
+        x = torch.randn(shape, generator=gen)
+        if sampler == "consistency":
+            for i, t in enumerate(policy.consistency_timesteps(k)):
+                if i > 0:
+                    x = sched.add_noise(x, torch.randn(shape, generator=gen), t)
+                x = policy.consistency_fn(x, t, cond).clamp(-1, 1)
+        else:
+            stride = cfg.num_train_timesteps // k
+            for t in range(stride * (k - 1), -1, -stride):
+                eps = policy.net(x, t, cond)
+                if sampler == "ddpm":
+                    z = torch.randn(shape, generator=gen)
+                    x = sched.ddpm_step(eps, t, x, z, prev_t=t - stride)
+                else:
+                    x = sched.ddim_step(eps, t, t - stride, x)
+    return policy.normalizer.unnormalize("action", x)
+
+
+@pytest.mark.parametrize(
+    "distilled, sampler, k", [(False, "ddpm", 5), (False, "ddim", 4), (True, "consistency", 3)]
+)
+def test_loop_draws_noise_in_step_order_and_matches_the_schedule_steps(distilled, sampler, k):
+    policy = _policy(distilled)
+    obs = _obs(3)
+    out = policy.predict_action(obs, sampler, k, generator=torch.Generator().manual_seed(7))
+    expected = _hand_loop(policy, obs, sampler, k, seed=7)
+    torch.testing.assert_close(out["action_pred"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_paths_disabled_runs_the_plain_layers():
+    torch.manual_seed(0)
+    conv = FastConv1d(8, 12, 5, padding=2).eval()
+    film = BatchedFiLM([torch.nn.Linear(6, 4), torch.nn.Linear(6, 2)]).eval()
+    x, cond = torch.randn(1, 8, 16), torch.randn(1, 6)
+    with torch.inference_mode(), fast_paths_disabled():
+        y = conv(x)
+        assert film(cond) == [None, None]  # the caller runs its own Linears
+        with fast_paths_disabled():  # nests
+            pass
+        assert conv._fast is None and film._fast is None
+        torch.testing.assert_close(y, F.conv1d(x, conv.weight, conv.bias, padding=2), rtol=0, atol=0)
+    with torch.inference_mode():
+        conv(x)
+    assert conv._fast is not None  # on again after the block
+
+
+def test_graphs_on_the_cpu_are_refused_with_a_message():
+    policy = _policy().use_cuda_graphs()
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        policy.predict_action(_obs(1))
+    # trajectories are always eager, and switching off restores eager sampling
+    assert len(policy.predict_action(_obs(1), return_trajectory=True)["trajectory"]) == 11
+    policy.use_cuda_graphs(False).predict_action(_obs(1))
+
+
+@cuda
+@pytest.mark.parametrize(
+    "distilled, sampler, k, batch",
+    [(False, "ddim", 10, 1), (False, "ddpm", 20, 3), (True, "consistency", 2, 4)],
+)
+def test_graph_replays_the_eager_chunk(distilled, sampler, k, batch):
+    policy = _policy(distilled).cuda()
+    obs = _obs(batch, "cuda")
+
+    def sample(seed):
+        gen = torch.Generator("cuda").manual_seed(seed)
+        return policy.predict_action(obs, sampler, k, generator=gen)["action_pred"]
+
+    eager = [sample(s) for s in (0, 1)]
+    policy.use_cuda_graphs()
+    graphed = [sample(s) for s in (0, 1, 0)]  # capture, replay, replay
+    assert len(policy._graphs) == 1
+    for g, e in zip(graphed, [*eager, eager[0]], strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(graphed[0], graphed[1])  # new noise is copied in each call
+
+
+@cuda
+def test_graph_sees_in_place_weight_writes_and_recaptures_after_replacement():
+    policy = _policy().cuda().use_cuda_graphs()
+    obs, noise = _obs(2, "cuda"), torch.randn(2, 8, 2, device="cuda")
+    before = policy.predict_action(obs, noise=noise)["action_pred"]
+    graph = next(iter(policy._graphs.values()))
+    other = _policy(seed=1).cuda()
+    policy.load_state_dict(other.state_dict())  # copies in place: same graph, new weights
+    after = policy.predict_action(obs, noise=noise)["action_pred"]
+    assert next(iter(policy._graphs.values())) is graph
+    expected = other.predict_action(obs, noise=noise)["action_pred"]
+    torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(after, before)
+    policy.cpu().cuda()  # new parameter memory: the old graph must not be replayed
+    again = policy.predict_action(obs, noise=noise)["action_pred"]
+    assert next(iter(policy._graphs.values())) is not graph
+    torch.testing.assert_close(again, expected, rtol=1e-4, atol=1e-5)
