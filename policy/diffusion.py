@@ -459,7 +459,9 @@ class DiffusionPolicy(nn.Module):
                 "(call use_cuda_graphs(False) to sample eagerly)"
             )
         key = (sampler, times.shape[0], tuple(x.shape), tuple(cond.shape), cond.dtype)
-        params = [*self.parameters(), *self.buffers(), *self.schedule.tables]
+        self.schedule.to(x.device)  # its tables move on first use: before the capture, not in it
+        # what the loop reads (the normalizer is applied outside it)
+        params = [*self.net.parameters(), *self.net.buffers(), *self.schedule.tables]
         graphed = self._graphs.get(key)
         if graphed is None or not graphed.matches(params):
             graphed = self._graphs[key] = GraphedCall(
