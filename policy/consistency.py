@@ -23,9 +23,12 @@ trajectory:
 
     x_n      ~ q(x_tau_n | x_0)   (n = 1: pure noise, which is where sampling starts)
     x_hat    = DDIM_teacher(x_n, tau_n -> tau_{n+1})
-    loss     = || f_theta(x_n, tau_n) - f_target(x_hat, tau_{n+1}) ||^2,  n ~ U{1..N}
+    loss     = d(f_theta(x_n, tau_n), f_target(x_hat, tau_{n+1})),  n ~ U{1..N}
 
-where the target network is a short exponential moving average of the student (decay mu,
+with d the squared error (mean over the chunk) or the pseudo-Huber distance of Song & Dhariwal
+2023 (arXiv 2310.14189), sqrt(||a - b||^2 + c^2) - c per chunk with c = 0.00054 sqrt(T Da),
+which grows like the error itself rather than its square, so that a few far-off chunks weigh
+less; and where the target network is a short exponential moving average of the student (decay mu,
 default 0.95; mu = 0 makes it the student itself) and f_target(x, -1) = x pins the chain to the
 teacher's clean end. The consistency sampler (DiffusionPolicy.predict_action with sampler
 "consistency") then evaluates f once from noise at tau_1, or re-noises that estimate to a lower
@@ -60,6 +63,8 @@ class ConsistencyDistiller:
     student, call `update_target()`. The teacher module is put in eval mode with gradients off
     (its weights are never changed). The grid's top timestep is fed pure noise, which matches
     the teacher's own sampler only when it is a DDIM start point (as ddim_grid's are).
+    `distance` is "l2" (the squared error of the paper) or "huber" (pseudo-Huber; scripts.distill's
+    default, which gave the better PushT students).
     Camera keys: the student encodes its own random crop (train mode) while the teacher and
     the target see the centre crop, so the student also learns to match them across crops.
     """
@@ -69,6 +74,7 @@ class ConsistencyDistiller:
         teacher: DiffusionPolicy,
         grid: tuple[int, ...] | None = None,
         target_decay: float = 0.95,
+        distance: str = "l2",
     ):
         tcfg = teacher.cfg
         if tcfg.objective != "diffusion" or tcfg.consistency_timesteps is not None:
@@ -79,6 +85,9 @@ class ConsistencyDistiller:
             )
         if not 0 <= target_decay < 1:
             raise ValueError(f"target_decay={target_decay}: expected 0 <= mu < 1")
+        if distance not in ("l2", "huber"):
+            raise ValueError(f"distance={distance!r}: expected 'l2' or 'huber'")
+        self.distance = distance
         grid = ddim_grid(tcfg.num_train_timesteps, 10) if grid is None else tuple(grid)
         cfg = dataclasses.replace(
             tcfg, consistency_timesteps=grid, sampler="consistency", num_inference_steps=1
@@ -133,8 +142,11 @@ class ConsistencyDistiller:
             target_net = self.target.model
             f_lo = target_net.consistency_fn(x_lo, t_lo.clamp(min=0), target_net.encode_obs(obs))
             target = torch.where((t_lo < 0).reshape(b, 1, 1), x_lo, f_lo)  # f(x, -1) = x
-        pred = student.consistency_fn(x_hi, t_hi, student.encode_obs(obs))
-        return F.mse_loss(pred.float(), target)
+        pred = student.consistency_fn(x_hi, t_hi, student.encode_obs(obs)).float()
+        if self.distance == "l2":
+            return F.mse_loss(pred, target)
+        c = 0.00054 * pred[0].numel() ** 0.5
+        return ((pred - target).square().sum(dim=(1, 2)) + c**2).sqrt().sub(c).mean()
 
 
 __all__ = ["ConsistencyDistiller", "ddim_grid"]

@@ -117,6 +117,12 @@ def test_loss_is_zero_for_an_exact_denoiser_and_positive_otherwise():
     sigma = [(1 - ab[t]).sqrt().item() for t in off.grid] + [0.0]
     expected = np.mean([b**2 * (sigma[n] - sigma[n + 1]) ** 2 for n in index.tolist()])
     assert off.loss(batch, index=index).item() == pytest.approx(expected, rel=1e-4)
+    # pseudo-Huber: per chunk sqrt(16 b^2 (sigma_hi - sigma_lo)^2 + c^2) - c, c = 0.00054 * 4
+    off.distance, h = "huber", 0.00054 * 16**0.5
+    expected = np.mean(
+        [np.sqrt(16 * b**2 * (sigma[n] - sigma[n + 1]) ** 2 + h**2) - h for n in index.tolist()]
+    )
+    assert off.loss(batch, index=index).item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_loss_matches_a_row_by_row_recomputation_from_the_ddpm_formulas():
@@ -185,6 +191,8 @@ def test_target_follows_the_student_at_the_set_decay():
         distiller.loss({"obs": obs, "action": torch.zeros(1, 8, 2)}, index=torch.tensor([10]))
     with pytest.raises(ValueError, match="batch\\['action'\\]"):
         distiller.loss({"obs": obs, "action": torch.zeros(1, 7, 2)})
+    with pytest.raises(ValueError, match="distance='l1'"):
+        ConsistencyDistiller(DiffusionPolicy(cfg), distance="l1")
 
 
 # ---------------------------------------------------------------- a distilled toy policy
