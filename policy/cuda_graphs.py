@@ -4,13 +4,14 @@ Why. A UNet evaluation at batch 1 is ~150 small kernels; on a GPU the eager loop
 launching them from Python, not running them (DDIM 10 of the 65.8 M UNet: 10 x 150 launches). A
 CUDA graph (torch.cuda.CUDAGraph) records the kernels of one call of the loop with their
 arguments and replays them all with one launch. The graph is the eager loop itself (the same
-kernels on the same data), so it returns the eager chunk up to the nondeterminism of cuBLAS /
-cuDNN algorithm choice, which tests/test_cuda_graphs.py bounds on a GPU.
+kernels on the same data), so it returns the eager chunk to float rounding (cuBLAS / cuDNN may
+pick other algorithms; in full fp32 tests/test_cuda_graphs.py finds it within 1e-5 on a GPU).
 
 Rules a graph imposes, and how GraphedCall meets them:
 
 - fixed shapes and addresses: inputs are copied into static tensors that the graph reads, and
-  the output is cloned out of the static tensor it writes. One GraphedCall per input shape.
+  the output is cloned out of the static tensor it writes. One GraphedCall per input shape
+  (the policy pads a smaller batch up to the captured one).
 - no host work inside: the loop must take its timesteps and its per-step noise as device
   tensors (DiffusionPolicy.predict_action pre-draws the noise, so the generators are used as
   in eager mode and the chunks match eager ones draw for draw).
@@ -54,7 +55,10 @@ class GraphedCall:
         self._params = [(p, p.data_ptr()) for p in params]
         self.inputs = [x.detach().clone() for x in inputs]
         self.shapes = [(tuple(x.shape), x.dtype) for x in inputs]
-        with fast_paths_disabled():
+        self.batch = inputs[0].shape[0]
+        self.device = inputs[0].device
+        # streams and graphs belong to the current device: make it the inputs' one (cuda:1...)
+        with torch.cuda.device(self.device), fast_paths_disabled():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -76,10 +80,11 @@ class GraphedCall:
         shapes = [(tuple(x.shape), x.dtype) for x in inputs]
         if shapes != self.shapes:
             raise ValueError(f"graph captured for inputs {self.shapes}; got {shapes}")
-        for static, x in zip(self.inputs, inputs, strict=True):
-            static.copy_(x)
-        self.graph.replay()
-        return self.output.clone()  # the static output is overwritten by the next replay
+        with torch.cuda.device(self.device):
+            for static, x in zip(self.inputs, inputs, strict=True):
+                static.copy_(x)
+            self.graph.replay()
+            return self.output.clone()  # the static output is overwritten by the next replay
 
 
 __all__ = ["GraphedCall"]

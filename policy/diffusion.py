@@ -402,9 +402,11 @@ class DiffusionPolicy(nn.Module):
         return [grid[i * len(grid) // k] for i in range(k)]
 
     def _loop_timesteps(self, sampler: str, k: int) -> list[int]:
+        """The k timesteps the loop visits (DDPM / DDIM: schedule.inference_timesteps's)."""
         if sampler == "consistency":
             return self.consistency_timesteps(k)
-        return self.schedule.inference_timesteps(k, sampler=sampler).tolist()
+        stride = self.cfg.num_train_timesteps // k
+        return list(range((k - 1) * stride, -1, -stride))
 
     def _denoise(
         self,
@@ -446,10 +448,16 @@ class DiffusionPolicy(nn.Module):
     def use_cuda_graphs(self, enabled: bool = True) -> DiffusionPolicy:
         """Replay predict_action's denoising loop as a CUDA graph (policy/cuda_graphs.py).
 
-        The loop is captured on the first call for each (sampler, k, batch size) and replayed
-        after that: one launch instead of ~150 per network evaluation. Needs the policy on a
-        CUDA device. Calls with return_trajectory run eagerly. Returns self."""
-        self._graphs = {} if enabled else None
+        The loop is captured on the first call for each (sampler, k) and replayed after that:
+        one launch instead of ~150 per network evaluation. A smaller batch than the captured one
+        (a rollout whose episodes finish) is padded to it, since rows never mix; a larger one is
+        captured again. The chunks equal eager ones to float rounding. Needs the policy on a
+        CUDA device. Calls with return_trajectory run eagerly. The config (clip_sample, K) and
+        the backend flags (TF32) are those of the capture. Returns self."""
+        if not enabled:
+            self._graphs = None
+        elif self._graphs is None:
+            self._graphs = {}
         return self
 
     def _graphed_denoise(self, sampler, x, cond, step_noise, times) -> torch.Tensor:
@@ -458,16 +466,24 @@ class DiffusionPolicy(nn.Module):
                 f"use_cuda_graphs: the policy is on {x.device}; CUDA graphs need a CUDA device "
                 "(call use_cuda_graphs(False) to sample eagerly)"
             )
-        key = (sampler, times.shape[0], tuple(x.shape), tuple(cond.shape), cond.dtype)
         self.schedule.to(x.device)  # its tables move on first use: before the capture, not in it
         # what the loop reads (the normalizer is applied outside it)
         params = [*self.net.parameters(), *self.net.buffers(), *self.schedule.tables]
+        key = (sampler, times.shape[0], tuple(x.shape[1:]), cond.shape[1], cond.dtype)
+        b = x.shape[0]
         graphed = self._graphs.get(key)
-        if graphed is None or not graphed.matches(params):
+        if graphed is None or not graphed.matches(params) or graphed.batch < b:
             graphed = self._graphs[key] = GraphedCall(
                 lambda *a: self._denoise(sampler, *a), (x, cond, step_noise, times), params
             )
-        return graphed(x, cond, step_noise, times)
+        pad = graphed.batch - b  # zero rows; each row's chunk depends on that row alone
+        if pad:
+            x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
+            cond = torch.cat([cond, cond.new_zeros(pad, *cond.shape[1:])])
+            step_noise = torch.cat(
+                [step_noise, step_noise.new_zeros(len(step_noise), pad, *x.shape[1:])], dim=1
+            )
+        return graphed(x, cond, step_noise, times)[:b]
 
     @torch.inference_mode()
     def predict_action(

@@ -65,7 +65,8 @@ class Config:
     seed: int = 0
     """Seed of the sampler's noise (each episode draws from its own stream of it)."""
     cuda_graphs: bool = False
-    """Replay the denoising loop as a CUDA graph (CUDA devices only; same chunks as eager)."""
+    """Replay the denoising loop as a CUDA graph (CUDA devices only; the eager chunks to float
+    rounding)."""
     progress: bool = True
     """Show a progress bar."""
 

@@ -76,6 +76,14 @@ def test_loop_draws_noise_in_step_order_and_matches_the_schedule_steps(distilled
     out = policy.predict_action(obs, sampler, k, generator=torch.Generator().manual_seed(7))
     expected = _hand_loop(policy, obs, sampler, k, seed=7)
     torch.testing.assert_close(out["action_pred"], expected, rtol=1e-5, atol=1e-5)
+    # one generator per row (what scripts.eval passes): row i is the one-row loop on seed i
+    gens = [torch.Generator().manual_seed(s) for s in (11, 12, 13)]
+    out = policy.predict_action(obs, sampler, k, generator=gens)["action_pred"]
+    for i, s in enumerate((11, 12, 13)):
+        row = {"s": obs["s"][i : i + 1]}
+        torch.testing.assert_close(
+            out[i : i + 1], _hand_loop(policy, row, sampler, k, seed=s), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_fast_paths_disabled_runs_the_plain_layers():
@@ -86,8 +94,9 @@ def test_fast_paths_disabled_runs_the_plain_layers():
     with torch.inference_mode(), fast_paths_disabled():
         y = conv(x)
         assert film(cond) == [None, None]  # the caller runs its own Linears
-        with fast_paths_disabled():  # nests
+        with fast_paths_disabled():  # nests: still off after the inner block
             pass
+        conv(x)
         assert conv._fast is None and film._fast is None
         torch.testing.assert_close(
             y, F.conv1d(x, conv.weight, conv.bias, padding=2), rtol=0, atol=0
@@ -123,20 +132,32 @@ def fp32_cuda():
 )
 def test_graph_replays_the_eager_chunk(fp32_cuda, distilled, sampler, k, batch):
     policy = _policy(distilled).cuda()
-    obs = _obs(batch, "cuda")
+    obs = [_obs(batch, "cuda"), {"s": torch.randn(batch, 2, 3, device="cuda")}]
 
-    def sample(seed):
+    def sample(o, seed):
         gen = torch.Generator("cuda").manual_seed(seed)
-        return policy.predict_action(obs, sampler, k, generator=gen)["action_pred"]
+        return policy.predict_action(o, sampler, k, generator=gen)["action_pred"]
 
+    calls = [(0, 0), (1, 1), (0, 1)]  # (observation, noise seed): capture, then two replays
     with fast_paths_disabled():  # the layers the graph records (no batched FiLM matmul)
-        eager = [sample(s) for s in (0, 1)]
+        eager = [sample(obs[o], seed) for o, seed in calls]
     policy.use_cuda_graphs()
-    graphed = [sample(s) for s in (0, 1, 0)]  # capture, replay, replay
+    graphed = [sample(obs[o], seed) for o, seed in calls]
     assert len(policy._graphs) == 1
-    for g, e in zip(graphed, [*eager, eager[0]], strict=True):
+    for g, e in zip(graphed, eager, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(graphed[0], graphed[1])  # new noise is copied in each call
+    assert not torch.allclose(graphed[0], graphed[2])  # new noise is copied in each call
+    # a shrinking batch (episodes that finish) replays the same graph, padded
+    if batch > 1:
+        small = {"s": obs[1]["s"][:2]}
+        with fast_paths_disabled():
+            policy.use_cuda_graphs(False)
+            expected = sample(small, 5)
+        policy.use_cuda_graphs()
+        sample(obs[0], 0)  # capture at the full batch
+        graph = next(iter(policy._graphs.values()))
+        torch.testing.assert_close(sample(small, 5), expected, rtol=1e-5, atol=1e-5)
+        assert list(policy._graphs.values()) == [graph]
 
 
 @cuda
@@ -155,7 +176,15 @@ def test_graph_sees_in_place_weight_writes_and_recaptures_after_replacement(fp32
         expected = other.predict_action(obs, noise=noise)["action_pred"]
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(after, before)
-    policy.cpu().cuda()  # new parameter memory: the old graph must not be replayed
+    # new parameter memory (as .to() gives): the graph would read the old memory, which is
+    # zeroed here, so only a fresh capture can give the expected chunk
+    old = []
+    with torch.no_grad():
+        for p in policy.net.parameters():
+            old.append(p.data)
+            p.data = p.data.clone()
+        for o in old:
+            o.zero_()
     again = policy.predict_action(obs, noise=noise)["action_pred"]
     assert next(iter(policy._graphs.values())) is not graph
     torch.testing.assert_close(again, expected, rtol=1e-5, atol=1e-5)
