@@ -149,4 +149,24 @@ class ConsistencyDistiller:
         return ((pred - target).square().sum(dim=(1, 2)) + c**2).sqrt().sub(c).mean()
 
 
-__all__ = ["ConsistencyDistiller", "ddim_grid"]
+@torch.no_grad()
+def teacher_gap(
+    teacher: DiffusionPolicy, student: DiffusionPolicy, batch: Mapping, noise: torch.Tensor
+) -> float:
+    """How far the student's 1-step chunk is from where the teacher's DDIM ODE ends, from the
+    same noise: mean |f_student(noise, tau_1) - DDIM_N(noise)| over a batch of windows, in
+    normalized action units (both clipped as their samplers clip). A rollout-free measure of
+    distillation quality; noise (B, T, Da)."""
+    grid = student.cfg.consistency_timesteps
+    if grid is None:
+        raise ValueError("student is not a consistency-distilled policy")
+    obs, _ = teacher.training_chunk(batch)
+    noise = noise.to(teacher.device)
+    times = torch.tensor(grid, device=teacher.device)
+    empty = noise.new_zeros((0, *noise.shape))
+    ode_end = teacher._denoise("ddim", noise, teacher.encode_obs(obs), empty, times)
+    jump = student._denoise("consistency", noise, student.encode_obs(obs), empty, times[:1])
+    return (jump - ode_end).abs().mean().item()
+
+
+__all__ = ["ConsistencyDistiller", "ddim_grid", "teacher_gap"]

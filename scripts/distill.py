@@ -11,8 +11,10 @@ overrides), then written to --out as an ordinary policy folder (config.json +
 model.safetensors, the EMA of the student's weights) whose config marks it as distilled, so
 scripts.eval and predict_action sample it with sampler "consistency". --out must not exist yet;
 the folder is written under a temporary name and renamed into place when complete. Progress goes
-to <out>.tmp/metrics.jsonl and ends up in <out>/metrics.jsonl; with --eval-episodes > 0 the
-1-step student is rolled out at the end, on the seeds training-time checks use.
+to <out>.tmp/metrics.jsonl and ends up in <out>/metrics.jsonl. At the end it reports the
+teacher gap (policy/consistency.py: the mean |difference| between the 1-step chunk and the
+teacher's DDIM chunk from the same noise, on 512 windows; lower is better) and, with
+--eval-episodes > 0, rolls the 1-step student out on the seeds training-time checks use.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from tqdm import tqdm
 from data.dataset import WindowDataset
 from envs import EVAL_SEED_START
 from policy.checkpoint import CheckpointError
-from policy.consistency import ConsistencyDistiller, ddim_grid
+from policy.consistency import ConsistencyDistiller, ddim_grid, teacher_gap
 from policy.diffusion import DiffusionPolicy
 from policy.ema import EMA
 from scripts.eval import evaluate_policy, find_policy_dir, policy_task, resolve_device
@@ -219,7 +221,14 @@ def distill(cfg: Config) -> dict:
         "distance": cfg.distance,
         "wall_time_s": seconds,
     }
-    summary: dict = {"distill_s": seconds, "grid": list(grid)}
+    # rollout-free quality: the 1-step chunk against the teacher's DDIM-N chunk, same noise
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    b = data.get_batch(np.random.default_rng(cfg.seed + 1).integers(0, len(data), size=512))
+    noise = torch.randn(512, *b["action"].shape[1:], generator=gen)
+    gap = teacher_gap(teacher, ema.model.eval(), b, noise)
+    meta["distill"]["teacher_gap"] = gap
+    log.info("1-step chunk vs the teacher's DDIM %d chunk: mean |diff| %.4f", len(grid), gap)
+    summary: dict = {"distill_s": seconds, "grid": list(grid), "teacher_gap": gap}
     if cfg.eval_episodes > 0:
         seeds = list(range(EVAL_SEED_START + 1000, EVAL_SEED_START + 1000 + cfg.eval_episodes))
         result, _ = evaluate_policy(ema.model, policy_task(teacher), seeds, "consistency", 1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from policy.consistency import ConsistencyDistiller, ddim_grid
+from policy.consistency import ConsistencyDistiller, ddim_grid, teacher_gap
 from policy.diffusion import DiffusionPolicy, PolicyConfig
 from policy.normalizer import Normalizer
 from scripts import collect, distill, train
@@ -117,6 +117,11 @@ def test_loss_is_zero_for_an_exact_denoiser_and_positive_otherwise():
     sigma = [(1 - ab[t]).sqrt().item() for t in off.grid] + [0.0]
     expected = np.mean([b**2 * (sigma[n] - sigma[n + 1]) ** 2 for n in index.tolist()])
     assert off.loss(batch, index=index).item() == pytest.approx(expected, rel=1e-4)
+    # the 1-step jump lands b sqrt(1 - ab_90) below c, where the teacher's ODE ends
+    noise = torch.randn(64, 8, 2)
+    assert teacher_gap(exact.teacher, exact.student, batch, noise) < 1e-5
+    gap = teacher_gap(off.teacher, off.student, batch, noise)
+    assert gap == pytest.approx(b * sigma[0], rel=1e-4)
     # pseudo-Huber: per chunk sqrt(16 b^2 (sigma_hi - sigma_lo)^2 + c^2) - c, c = 0.00054 * 4
     off.distance, h = "huber", 0.00054 * 16**0.5
     expected = np.mean(
