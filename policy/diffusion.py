@@ -401,13 +401,6 @@ class DiffusionPolicy(nn.Module):
         grid = self.cfg.consistency_timesteps
         return [grid[i * len(grid) // k] for i in range(k)]
 
-    def _loop_timesteps(self, sampler: str, k: int) -> list[int]:
-        """The k timesteps the loop visits (DDPM / DDIM: schedule.inference_timesteps's)."""
-        if sampler == "consistency":
-            return self.consistency_timesteps(k)
-        stride = self.cfg.num_train_timesteps // k
-        return list(range((k - 1) * stride, -1, -stride))
-
     def _denoise(
         self,
         sampler: str,
@@ -477,13 +470,13 @@ class DiffusionPolicy(nn.Module):
                 lambda *a: self._denoise(sampler, *a), (x, cond, step_noise, times), params
             )
         pad = graphed.batch - b  # zero rows; each row's chunk depends on that row alone
-        if pad:
-            x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
-            cond = torch.cat([cond, cond.new_zeros(pad, *cond.shape[1:])])
-            step_noise = torch.cat(
-                [step_noise, step_noise.new_zeros(len(step_noise), pad, *x.shape[1:])], dim=1
-            )
-        return graphed(x, cond, step_noise, times)[:b]
+
+        def padded(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+            if not pad:
+                return t
+            return torch.cat([t, t.new_zeros(*t.shape[:dim], pad, *t.shape[dim + 1 :])], dim=dim)
+
+        return graphed(padded(x), padded(cond), padded(step_noise, dim=1), times)[:b]
 
     @torch.inference_mode()
     def predict_action(
@@ -528,7 +521,10 @@ class DiffusionPolicy(nn.Module):
             n_draws = {"ddpm": k, "ddim": 0, "consistency": k - 1}[sampler]
             draws = [_randn(shape, generator, dev) for _ in range(n_draws)]
             step_noise = torch.stack(draws) if draws else x.new_zeros((0, *shape))
-            times = torch.tensor(self._loop_timesteps(sampler, k), device=dev)  # (k,)
+            if sampler == "consistency":
+                times = torch.tensor(self.consistency_timesteps(k), device=dev)  # (k,)
+            else:  # a device-to-device move at most: nothing is read back to the host
+                times = self.schedule.inference_timesteps(k, sampler=sampler).to(dev)  # (k,)
             if self._graphs is not None and not return_trajectory:
                 x = self._graphed_denoise(sampler, x, cond, step_noise, times)
             else:

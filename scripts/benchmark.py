@@ -109,15 +109,15 @@ def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
             for sampler, k in (("ddim", 10), ("ddpm", 100), ("consistency", 1), ("consistency", 2)):
                 policy = policies["distilled" if sampler == "consistency" else "diffusion"]
                 reps = repeats if k <= 10 or batch == 1 else max(1, repeats // 3)
+
+                def call(policy=policy, obs=obs, sampler=sampler, k=k):
+                    return policy.predict_action(obs, sampler, k)
+
                 for mode in modes:
                     if mode == "plain" and (batch > 1 or sampler == "ddpm"):
                         continue
                     policy.use_cuda_graphs(mode == "graph")
                     switch = fast_paths_disabled() if mode == "plain" else contextlib.nullcontext()
-
-                    def call(policy=policy, obs=obs, sampler=sampler, k=k):
-                        return policy.predict_action(obs, sampler, k)
-
                     with switch:
                         ms = median_ms(call, reps, warmup=1)
                     policy.use_cuda_graphs(False)
