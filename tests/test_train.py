@@ -75,6 +75,44 @@ def test_two_step_train_then_one_episode_eval(dataset, tmp_path):
     assert (tmp_path / "videos").is_dir() and video.endswith(".mp4")
 
 
+def test_eval_pools_noise_seeds(dataset, tmp_path, monkeypatch):
+    """--noise-seeds N is N single-seed evaluations pooled: the same episodes, each seed's rate
+    listed, the pooled numbers the episode-weighted means of the separate runs'."""
+    train.main(_cfg(dataset, tmp_path / "run"))
+    used = []  # the noise seed of each evaluation
+    real = eval_script.evaluate_policy
+    monkeypatch.setattr(
+        eval_script,
+        "evaluate_policy",
+        lambda *a, **kw: used.append(kw["noise_seed"]) or real(*a, **kw),
+    )
+
+    def run(**kw):
+        return eval_script.main(
+            eval_script.Config(
+                checkpoint=tmp_path / "run",
+                env=EnvOptions(max_episode_steps=20),
+                episodes=2,
+                inference_steps=2,
+                videos=0,
+                progress=False,
+                **kw,
+            )
+        )
+
+    pooled = run(seed=3, noise_seeds=2)
+    single = [run(seed=3), run(seed=4)]
+    assert used == [3, 4, 3, 4]
+    assert pooled["noise_seeds"] == [3, 4] and single[1]["noise_seeds"] == [4]
+    assert pooled["episodes"] == 4 and pooled["seeds"] == single[0]["seeds"] + single[1]["seeds"]
+    assert pooled["success_by_noise_seed"] == [r["success_rate"] for r in single]
+    assert pooled["mean_max_reward"] == pytest.approx(
+        np.mean([r["mean_max_reward"] for r in single])
+    )
+    with pytest.raises(ValueError, match="--noise-seeds"):
+        eval_script.Config(checkpoint=tmp_path, noise_seeds=0)
+
+
 def test_killed_run_resumes_exactly(dataset, tmp_path, monkeypatch):
     cfg = _cfg(dataset, tmp_path / "ref", steps=4, save_every=2)
     reference = train.Trainer(cfg)
