@@ -9,6 +9,7 @@ import torch
 import envs
 from data.dataset import WindowDataset
 from data.replay_buffer import ReplayBuffer
+from envs.rollout import wilson_interval
 from envs.tasks import UnknownTaskError
 from policy.checkpoint import CheckpointError
 from policy.diffusion import DiffusionPolicy, PolicyConfig
@@ -105,7 +106,14 @@ def test_eval_pools_noise_seeds(dataset, tmp_path, monkeypatch):
     assert used == [3, 4, 3, 4]
     assert pooled["noise_seeds"] == [3, 4] and single[1]["noise_seeds"] == [4]
     assert pooled["episodes"] == 4 and pooled["seeds"] == single[0]["seeds"] + single[1]["seeds"]
+    assert pooled["successes"] == single[0]["successes"] + single[1]["successes"]
     assert pooled["success_by_noise_seed"] == [r["success_rate"] for r in single]
+    assert single[0]["success_by_noise_seed"] == [single[0]["success_rate"]]
+    # rate and interval are over the 4 pooled episodes, not the first run's 2
+    wins = sum(pooled["successes"])
+    assert pooled["success_rate"] == wins / 4
+    assert pooled["success_ci95"] == pytest.approx(list(wilson_interval(wins, 4)))
+    assert pooled["success_ci95"] != pytest.approx(single[0]["success_ci95"])
     assert pooled["mean_max_reward"] == pytest.approx(
         np.mean([r["mean_max_reward"] for r in single])
     )
