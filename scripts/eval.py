@@ -239,14 +239,13 @@ def main(cfg: Config) -> dict:
         )
         for noise_seed in noise_seeds
     ]
-    summary, results = runs[0]
-    if len(runs) > 1:  # pooled: every episode of every noise seed, noise seed by noise seed
-        summary = {
-            **summary,
-            **summarize([r for _, run_results in runs for r in run_results]),
-            "wall_time_s": sum(run["wall_time_s"] for run, _ in runs),
-        }
-    summary["success_by_noise_seed"] = [run["success_rate"] for run, _ in runs]
+    results = runs[0][1]  # the first noise seed's episodes: the only ones with video frames
+    summary = {  # pooled: every episode of every noise seed, noise seed by noise seed
+        **runs[0][0],
+        **summarize([r for _, run_results in runs for r in run_results]),
+        "wall_time_s": sum(run["wall_time_s"] for run, _ in runs),
+        "success_by_noise_seed": [run["success_rate"] for run, _ in runs],
+    }
     summary["noise_seeds"] = noise_seeds
     summary.update(
         checkpoint=str(policy_dir),

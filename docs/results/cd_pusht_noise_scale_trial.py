@@ -33,8 +33,10 @@ def main(checkpoint: str, out: str) -> None:
                 policy, spec, seeds, "consistency", 1, noise_seed=noise_seed, n_action_steps=2
             )
             rates.append(summary["success_rate"])
-        runs.append({"scale": scale, "success_by_noise_seed": rates, "success": sum(rates) / 3})
-        print(f"scale {scale}: {rates} mean {sum(rates) / 3:.3f}", flush=True)
+        runs.append(
+            {"scale": scale, "success_by_noise_seed": rates, "success": sum(rates) / len(rates)}
+        )
+        print(f"scale {scale}: {rates} mean {sum(rates) / len(rates):.3f}", flush=True)
     diffusion._randn = draw
     what = (
         f"1-step consistency sampler of {checkpoint}, initial noise times scale; PushT, "
