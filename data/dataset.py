@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.replay_buffer import ReplayBuffer
-from data.sampler import SequenceSampler, split_episodes, take_rows
+from dplite.data.replay_buffer import ReplayBuffer
+from dplite.data.sampler import SequenceSampler, split_episodes, take_rows
 
 logger = logging.getLogger(__name__)
 

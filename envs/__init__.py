@@ -23,7 +23,7 @@ if "PushT-v0" not in gym.registry:
     # made through the registry has no limit of its own.
     gym.register(
         id="PushT-v0",
-        entry_point="envs.pusht:PushTEnv",
+        entry_point="dplite.envs.pusht:PushTEnv",
         max_episode_steps=300,
         kwargs={"max_episode_steps": None},
     )
@@ -36,7 +36,7 @@ for _id, _cls, _steps in (
     if _id not in gym.registry:
         gym.register(
             id=_id,
-            entry_point=f"envs.panda.env:{_cls}",
+            entry_point=f"dplite.envs.panda.env:{_cls}",
             max_episode_steps=_steps,
             kwargs={"max_episode_steps": None},
         )

@@ -1,9 +1,9 @@
 """Non-learned baselines as rollout policies: the task's scripted expert, and uniform random.
 
-Both are policy callables of ``envs.rollout`` (``policy(obs {key: (B, To, ...)}, seeds (B,))
--> actions (B, >= Ta, Da)``), so ``evaluate_baseline`` runs them through the same batched
-``rollout`` + ``summarize`` as a learned policy (scripts.eval.evaluate_policy), on the same
-seeds, and their numbers are comparable with the diffusion policy's.
+Both are actors of ``envs.evaluate`` (``actor(obs {key: (B, To, ...)}, seeds (B,)) -> actions
+(B, >= Ta, Da)`` plus To, Ta and info), so ``evaluate_policy`` runs them exactly as it runs a
+learned policy, on the same seeds, and their numbers are comparable with the diffusion
+policy's.
 
 * ``ExpertPolicy``: one expert per episode, built by the task's expert factory (the protocol of
   scripts.collect), ``reset(seed)`` with the episode's seed the first time that seed is seen
@@ -18,17 +18,16 @@ No torch here.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from tqdm import tqdm
 
-from envs.rollout import EpisodeResult, rollout, summarize
-from envs.tasks import TaskSpec, episode_limit, load_callable, make_env
+from dplite.envs.evaluate import evaluate_policy
+from dplite.envs.rollout import EpisodeResult
+from dplite.envs.tasks import TaskSpec, load_callable, make_env
 
 Baseline = Literal["expert", "random"]
 BASELINES: tuple[str, ...] = ("expert", "random")
@@ -36,7 +35,11 @@ _RANDOM_STREAM = 0x5EED  # mixed into the episode seed: draws independent of the
 
 
 class ExpertPolicy:
-    """The task's scripted expert as a rollout policy: one expert per episode seed."""
+    """The task's scripted expert as a rollout actor: one expert per episode seed."""
+
+    n_obs_steps = n_action_steps = 1
+    obs_shapes = action_dim = None
+    info = {"sampler": "expert", "inference_steps": None}
 
     def __init__(self, factory: Callable[[gym.Env], Any], env: gym.Env) -> None:
         self.factory, self.env = factory, env
@@ -71,6 +74,10 @@ class ExpertPolicy:
 
 class RandomPolicy:
     """Uniform actions from a Box action space, one generator per episode seed."""
+
+    n_obs_steps = 1
+    obs_shapes = action_dim = None
+    info = {"sampler": "random", "inference_steps": None}
 
     def __init__(self, action_space: spaces.Space, n_action_steps: int = 1) -> None:
         if not isinstance(action_space, spaces.Box) or not (
@@ -123,38 +130,8 @@ def evaluate_baseline(
     n_videos: int = 0,
     progress: bool = False,
 ) -> tuple[dict, list[EpisodeResult]]:
-    """Roll a baseline out on each seed (batched, To = Ta = 1); returns (summary dict,
-    per-episode results) with the keys of scripts.eval.evaluate_policy's summary."""
-    policy = make_baseline(method, spec)
-    probe = make_env(spec)
-    max_steps = episode_limit(probe) or 1000
-    probe.close()
-    bar = tqdm(total=len(seeds) * max_steps, unit="step", disable=not progress, leave=False)
-    t0 = time.perf_counter()
-    try:
-        results = rollout(
-            policy,
-            lambda render: make_env(spec, render=render),
-            list(seeds),
-            n_obs_steps=1,
-            n_action_steps=1,
-            n_videos=n_videos,
-            progress=bar.update,
-            success_key=spec.success_key,
-        )
-    finally:
-        policy.close()
-        bar.close()
-    summary = summarize(results)
-    summary.update(
-        sampler=method,
-        inference_steps=None,
-        n_action_steps=1,
-        wall_time_s=time.perf_counter() - t0,
-        task=spec.name,
-        env_id=spec.env_id,
-    )
-    return summary, results
+    """A fresh baseline through envs.evaluate.evaluate_policy (To = Ta = 1)."""
+    return evaluate_policy(make_baseline(method, spec), spec, seeds, n_videos, progress)
 
 
 __all__ = [

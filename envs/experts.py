@@ -32,7 +32,7 @@ import logging
 
 import numpy as np
 
-from envs.geometry import (
+from dplite.envs.geometry import (
     GOAL_POSE,
     T_CENTROID,
     T_GYRATION_SQ,

@@ -36,7 +36,14 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from envs.geometry import GOAL_POSE, T_CENTROID, distance_to_t, rotation, t_coverage, t_keypoints
+from dplite.envs.geometry import (
+    GOAL_POSE,
+    T_CENTROID,
+    distance_to_t,
+    rotation,
+    t_coverage,
+    t_keypoints,
+)
 
 logger = logging.getLogger(__name__)
 

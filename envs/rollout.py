@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from envs.tasks import DEFAULT_SUCCESS_KEY, flatten_obs, is_success, non_finite_keys
+from dplite.envs.tasks import DEFAULT_SUCCESS_KEY, flatten_obs, is_success, non_finite_keys
 
 log = logging.getLogger(__name__)
 

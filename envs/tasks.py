@@ -36,6 +36,15 @@ DEFAULT_SUCCESS_KEY = "is_success"
 FALLBACK_SUCCESS_KEY = "success"
 
 
+# Saved specs carry this marker; one without it predates the dplite namespace.
+_LAYOUT_KEY, _LAYOUT = "module_layout", "dplite"
+
+
+def _new_module_path(ref: str) -> str:
+    """``envs...`` (the project's modules before the dplite namespace) -> ``dplite.envs...``."""
+    return "dplite." + ref if ref == "envs" or ref.startswith(("envs.", "envs:")) else ref
+
+
 class UnknownTaskError(ValueError):
     """A task name or gymnasium id that nothing registered."""
 
@@ -101,15 +110,25 @@ class TaskSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d[_LAYOUT_KEY] = _LAYOUT
         json.dumps(d)  # fail here, not when a checkpoint is written, if a kwarg is not JSON
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TaskSpec:
+        """The spec of a saved dataset or policy. One written before the packages moved under
+        ``dplite`` (no layout marker) names the project's modules by their old top-level paths
+        (``envs``, ``envs.experts:...``); those are mapped to ``dplite.envs...``."""
+        d = dict(d)
+        legacy = d.pop(_LAYOUT_KEY, None) is None
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown TaskSpec fields {sorted(unknown)}")
+        if legacy:
+            d["env_imports"] = [_new_module_path(m) for m in d.get("env_imports", ())]
+            if d.get("expert"):
+                d["expert"] = _new_module_path(d["expert"])
         return cls(**d)
 
     def replace(self, **changes: Any) -> TaskSpec:
@@ -215,6 +234,46 @@ def make_env(spec: TaskSpec, obs_keys: Iterable[str] = (), render: bool = False)
         ) from e
 
 
+def task_from_metadata(meta: Mapping[str, Any]) -> TaskSpec:
+    """The environment recorded in a saved policy's or dataset's metadata: the full spec under
+    "env", else (older files) the registered task named under "task"."""
+    if "env" in meta:
+        return TaskSpec.from_dict(meta["env"])
+    return get_task(meta.get("task", "pusht"))
+
+
+def check_env_fits(
+    spec: TaskSpec, obs_shapes: Mapping[str, tuple[int, ...]], action_dim: int, what: str
+) -> int | None:
+    """Raise ValueError unless the env emits every key of ``what`` (a policy or a dataset) with
+    its per-step shape, and takes actions of its size; returns the env's episode limit."""
+    env = make_env(spec, obs_keys=obs_shapes)
+    try:
+        emitted = {k: shape for k, (shape, _) in flat_obs_shapes(env.observation_space).items()}
+        action_shape = tuple(env.action_space.shape or ())
+        limit = episode_limit(env)
+    finally:
+        env.close()
+    missing = sorted(set(obs_shapes) - set(emitted))
+    if missing:
+        raise ValueError(
+            f"{what} uses observation keys {sorted(obs_shapes)} but environment "
+            f"{spec.env_id!r} (task {spec.name!r}) emits {sorted(emitted)}: missing {missing}"
+        )
+    for key, shape in obs_shapes.items():
+        if tuple(emitted[key]) != tuple(shape):
+            raise ValueError(
+                f"observation {key!r}: {what} has per-step shape {tuple(shape)}, "
+                f"environment {spec.env_id!r} emits {tuple(emitted[key])}"
+            )
+    if action_shape != (action_dim,):
+        raise ValueError(
+            f"{what} has actions of shape ({action_dim},) but environment "
+            f"{spec.env_id!r} takes {action_shape}"
+        )
+    return limit
+
+
 def episode_limit(env: gym.Env) -> int | None:
     """The TimeLimit of a made env (None when it has none)."""
     return env.spec.max_episode_steps if env.spec is not None else None
@@ -294,12 +353,12 @@ def load_callable(ref: str, what: str = "expert") -> Any:
 # default observation set is keypoints + pusher position, with actions relative to the pusher.
 _PUSHT = dict(
     env_id="PushT-v0",
-    env_imports=("envs",),
+    env_imports=("dplite.envs",),
     max_episode_steps=300,
     control_hz=10.0,
     key_kwargs={"keypoint": {"obs_mode": "keypoint"}, "img": {"obs_mode": "image"}},
     image_keys=("img",),
-    expert="envs.experts:make_pusht_expert",
+    expert="dplite.envs.experts:make_pusht_expert",
     action_anchor="agent_pos",
     video_size=256,
     video_size_kwargs=("render_size",),
@@ -324,7 +383,7 @@ register_task(
 # Franka Panda (envs/panda): 10 Hz Cartesian deltas + gripper, absolute-free (no anchor).
 # State: hand pose and opening + cube poses; images: front + wrist cameras + proprioception.
 _PANDA = dict(
-    env_imports=("envs",),
+    env_imports=("dplite.envs",),
     control_hz=10.0,
     key_kwargs={"front_img": {"obs_mode": "image"}, "wrist_img": {"obs_mode": "image"}},
     image_keys=("front_img", "wrist_img"),
@@ -338,7 +397,7 @@ register_task(
         env_id="PandaLift-v0",
         max_episode_steps=80,
         obs_keys=(*_PANDA_PROPRIO, "cube_pos", "cube_quat", "eef_to_cube", "eef_to_cube_yaw"),
-        expert="envs.panda.experts:make_lift_expert",
+        expert="dplite.envs.panda.experts:make_lift_expert",
         **_PANDA,
     )
 )
@@ -353,7 +412,7 @@ register_task(
             *("cube_b_pos", "cube_b_quat", "eef_to_cube_b", "eef_to_cube_b_yaw"),
             "cube_a_to_cube_b",
         ),
-        expert="envs.panda.experts:make_stack_expert",
+        expert="dplite.envs.panda.experts:make_stack_expert",
         **_PANDA,
     )
 )

@@ -2,22 +2,30 @@
 
 A nested state (model, optimizer, LR schedule, EMA, RNG states, step) is split into a flat
 {name: tensor} dict for safetensors and a JSON skeleton in which each tensor is replaced by a
-reference {"__tensor__": name}. Loading therefore never runs pickle. Writes go to a temporary
-file first and are renamed into place, so a killed process never leaves a half-written file.
+reference {"__tensor__": name}. Loading therefore never runs pickle.
+
+Every file and folder the project writes goes through ``atomic_file`` / ``atomic_write`` /
+``atomic_dir``: written under a temporary name beside its destination and renamed into place
+when complete, so a killed process never leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -35,19 +43,88 @@ def config_from_dict(cls: type, d: Mapping) -> Any:
     return cls(**d)
 
 
-def _atomic_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+# ---------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so writers that go by it still
+    work); when the block ends without error the file is synced and renamed over ``path``.
+    On an error it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write text or bytes to ``path`` atomically (see atomic_file); returns ``path``."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder ``final.tmp``; when the block ends without error it
+    takes the place of ``final``. An existing ``final`` is renamed to ``final.old`` first and
+    deleted after, so at every instant ``final`` or ``final.old`` is complete (recover_dir puts
+    ``.old`` back after a crash between the two renames). On an error the temporary folder is
+    removed and ``final`` is left as it was."""
+    final = Path(final)
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    recover_dir(final)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(final: str | Path) -> None:
+    """After a crash between atomic_dir's two renames ``final.old`` is the last complete
+    folder: put it back."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    if old.is_dir() and not final.exists():
+        os.replace(old, final)
+        log.warning("recovered %s from %s", final, old)
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def find_policy_dir(path: str | Path) -> Path:
+    """A policy folder itself, or the best / latest policy inside a training run folder."""
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    if (path / "best" / "config.json").is_file():
+        return path / "best"
+    latest = path / "checkpoints" / "latest.json"
+    if latest.is_file():
+        return path / "checkpoints" / json.loads(latest.read_text())["name"]
+    raise CheckpointError(f"{path}: neither a policy folder nor a training run with a checkpoint")
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
     """Write {name: tensor} to a safetensors file atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    # safetensors wants contiguous tensors that do not share storage
-    save_file({k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}, str(tmp))
-    _atomic_replace(tmp, path)
+    with atomic_file(path) as tmp:
+        # safetensors wants contiguous tensors that do not share storage
+        save_file({k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}, str(tmp))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -95,9 +172,7 @@ def save_state(state: Mapping[str, Any], directory: str | Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "s", tensors)
     save_tensors(tensors, directory / "state.safetensors")
-    tmp = directory / "state.json.tmp"
-    tmp.write_text(json.dumps(skeleton))
-    _atomic_replace(tmp, directory / "state.json")
+    atomic_write(directory / "state.json", json.dumps(skeleton))
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:

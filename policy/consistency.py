@@ -43,8 +43,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from policy.diffusion import DiffusionPolicy
-from policy.ema import EMA
+from dplite.policy.diffusion import DiffusionPolicy
+from dplite.policy.ema import EMA
 
 
 def ddim_grid(num_train_timesteps: int, n: int) -> tuple[int, ...]:

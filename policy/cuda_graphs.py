@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from policy.fast_layers import fast_paths_disabled
+from dplite.policy.fast_layers import fast_paths_disabled
 
 
 class GraphedCall:

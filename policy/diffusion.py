@@ -42,12 +42,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policy.checkpoint import CheckpointError, config_from_dict, load_tensors, save_tensors
-from policy.cuda_graphs import GraphedCall
-from policy.encoders import CameraConfig, ObsEncoder
-from policy.normalizer import Normalizer
-from policy.schedule import NoiseSchedule
-from policy.unet1d import ConditionalUnet1D
+from dplite.policy.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    config_from_dict,
+    load_tensors,
+    save_tensors,
+)
+from dplite.policy.cuda_graphs import GraphedCall
+from dplite.policy.encoders import CameraConfig, ObsEncoder
+from dplite.policy.normalizer import Normalizer
+from dplite.policy.schedule import NoiseSchedule
+from dplite.policy.unet1d import ConditionalUnet1D
 
 Sampler = Literal["ddpm", "ddim", "consistency"]
 Objective = Literal["diffusion", "mse"]
@@ -551,9 +557,7 @@ class DiffusionPolicy(nn.Module):
             "metadata": dict(metadata or {}),
             "versions": _versions(),
         }
-        tmp = directory / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        tmp.replace(directory / CONFIG_FILE)
+        atomic_write(directory / CONFIG_FILE, json.dumps(info, indent=2))
 
     @classmethod
     def from_pretrained(

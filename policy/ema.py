@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from policy.fast_layers import refresh_fast_paths
+from dplite.policy.fast_layers import refresh_fast_paths
 
 
 class EMA:

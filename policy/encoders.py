@@ -31,7 +31,7 @@ import einops
 import torch
 from torch import nn
 
-from policy.checkpoint import config_from_dict
+from dplite.policy.checkpoint import config_from_dict
 
 Backbone = Literal["resnet18", "small"]
 BACKBONES = ("resnet18", "small")

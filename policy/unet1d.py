@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policy.fast_layers import (
+from dplite.policy.fast_layers import (
     BatchedFiLM,
     FastConv1d,
     FastConvTranspose1d,

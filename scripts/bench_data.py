@@ -7,7 +7,7 @@ random window indices: one vectorised fancy index per key. A second, smaller dat
 96 x 96 x 3 uint8 frames measures image windows (full T frames and the To frames that
 obs_steps_only fetches). scripts/benchmark.py imports it; it also runs alone:
 
-    python -m scripts.bench_data
+    python -m dplite.scripts.bench_data
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.dataset import WindowDataset
-from data.replay_buffer import ReplayBuffer
+from dplite.data.dataset import WindowDataset
+from dplite.data.replay_buffer import ReplayBuffer
 
 
 def _write(path: Path, n_episodes: int, mean_len: int, image: bool, seed: int) -> None:

@@ -1,6 +1,6 @@
 """Speed benchmarks: policy inference latency, training step time, data and env rates.
 
-    python -m scripts.benchmark --json outputs/bench.json
+    python -m dplite.scripts.benchmark --json outputs/bench.json
 
 Prints one table per section and writes every number (with the machine, versions and date)
 as JSON. Numbers are measured here, every run; the project's targets are printed beside them
@@ -12,11 +12,8 @@ on a synthetic dataset with 1 process and under torchrun with 2 and reports samp
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,8 +25,9 @@ import numpy as np
 import torch
 import tyro
 
-from policy.diffusion import DiffusionPolicy, PolicyConfig
-from policy.fast_layers import fast_paths_disabled
+from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.fast_layers import fast_paths_disabled
+from dplite.policy.timing import machine, median_ms
 
 # the reference PushT low-dim setting: keypoints (9, 2) + agent position, To = 2 -> cond 40
 OBS_SHAPES = {"keypoint": (9, 2), "agent_pos": (2,)}
@@ -60,21 +58,6 @@ class Config:
     """Process counts for the "ddp" section (each gets cores / N threads)."""
     ddp_steps: int = 200
     """Optimizer steps per "ddp" run (the second half is timed)."""
-
-
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of `repeats` calls of fn in ms, after `warmup` untimed calls."""
-    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()  # CUDA runs asynchronously: time the work, not the launch
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def _policy(down_dims, distilled: bool = False) -> DiffusionPolicy:
@@ -139,7 +122,7 @@ def bench_vision(repeats: int, steps: int, device: str = "cpu") -> list[dict]:
     """Image policies in the PushT image setting (96 x 96 camera cropped to 84 + agent
     position, To = 2, the training default 1.2 M UNet): predict_action at batch 1 (DDIM 10)
     and training samples/s at batch 64, per camera backbone."""
-    from policy.encoders import CameraConfig
+    from dplite.policy.encoders import CameraConfig
 
     rows = []
     dev = torch.device(device)
@@ -221,7 +204,7 @@ def bench_env(steps: int = 2000) -> list[dict]:
     """Env steps/s with uniform random actions, per environment and observation mode."""
     import gymnasium as gym
 
-    import envs  # noqa: F401  (registers PushT-v0 and the Panda ids)
+    from dplite import envs  # noqa: F401  (registers PushT-v0 and the Panda ids)
 
     rows = []
     for env_id, modes in (
@@ -249,9 +232,9 @@ def bench_env(steps: int = 2000) -> list[dict]:
 
 
 def bench_ddp(procs: tuple[int, ...], steps: int, batch: int = 256) -> list[dict]:
-    """scripts.train end to end (data, loss, backward, all-reduce, AdamW, EMA) with N
+    """dplite.scripts.train end to end (data, loss, backward, all-reduce, AdamW, EMA) with N
     processes on a synthetic PushT-shaped dataset; it/s from the run's second log interval."""
-    from scripts.bench_data import _write
+    from dplite.scripts.bench_data import _write
 
     cores = os.cpu_count() or 1
     rows = []
@@ -260,7 +243,7 @@ def bench_ddp(procs: tuple[int, ...], steps: int, batch: int = 256) -> list[dict
         _write(data, n_episodes=100, mean_len=120, image=False, seed=0)
         for n in procs:
             out = Path(tmp) / f"run{n}"
-            args = ["-m", "scripts.train", "--dataset", str(data), "--out", str(out),
+            args = ["-m", "dplite.scripts.train", "--dataset", str(data), "--out", str(out),
                     "--task", "pusht_state", "--obs-keys", "state", "--action-anchor", "none",
                     "--steps", str(steps), "--log-every", str(steps // 2), "--eval-every", "-1",
                     "--save-every", str(steps), "--val-ratio", "0", "--batch-size", str(batch),
@@ -278,28 +261,6 @@ def bench_ddp(procs: tuple[int, ...], steps: int, batch: int = 256) -> list[dict
                  "samples/s": it_s * batch}
             )  # fmt: skip
     return rows
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, else what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    return {
-        "cpu": cpu_model(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.cuda.is_available(),
-        "date": datetime.date.today().isoformat(),
-    }
 
 
 def _table(title: str, rows: list[dict]) -> None:
@@ -336,7 +297,7 @@ def main(cfg: Config) -> dict:
         results["train"] = bench_train(cfg.train_steps, cfg.device)
         _table("training step (median ms, batch 256, AdamW)", results["train"])
     if "data" in cfg.sections:
-        from scripts.bench_data import benchmark_sampler
+        from dplite.scripts.bench_data import benchmark_sampler
 
         results["data"] = benchmark_sampler()
         _table(

@@ -1,9 +1,9 @@
 """Collect scripted-expert demonstrations into a zarr dataset (the Diffusion Policy layout).
 
-    python -m scripts.collect --task pusht --episodes 200 --out outputs/data/pusht.zarr
-    python -m scripts.collect --task pusht --episodes 50 --out outputs/data/pusht_img.zarr --images
-    python -m scripts.collect --task panda_lift --episodes 500 --action-noise 0.1
-    python -m scripts.collect --env-id PointMaze_Medium-v3 --env-import gymnasium_robotics \
+    python -m dplite.scripts.collect --task pusht --episodes 200 --out outputs/data/pusht.zarr
+    python -m dplite.scripts.collect --task pusht --episodes 50 --out outputs/data/pusht_img.zarr --images
+    python -m dplite.scripts.collect --task panda_lift --episodes 500 --action-noise 0.1
+    python -m dplite.scripts.collect --env-id PointMaze_Medium-v3 --env-import gymnasium_robotics \
         --env-kwargs '{"continuing_task": false}' \
         --expert examples.pointmaze_expert:make_expert --episodes 300 --out outputs/data/maze.zarr
 
@@ -46,9 +46,10 @@ import tyro
 from gymnasium import spaces
 from tqdm import tqdm
 
-from data.replay_buffer import ReplayBuffer
-from envs import DEMO_SEED_START, EVAL_SEED_START
-from envs.tasks import (
+from dplite.data.replay_buffer import ReplayBuffer
+from dplite.envs import DEMO_SEED_START, EVAL_SEED_START
+from dplite.envs.options import EnvArgs, EnvOptions
+from dplite.envs.tasks import (
     DEFAULT_TASK,
     TaskSpec,
     flatten_obs,
@@ -58,7 +59,6 @@ from envs.tasks import (
     make_env,
     output_name,
 )
-from scripts.env_options import EnvArgs, EnvOptions
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Inspect and validate zarr demonstration datasets (the Diffusion Policy layout).
 
-    python -m scripts.dataset info PATH       episodes, steps, keys, shapes, dtypes, chunking
-    python -m scripts.dataset validate PATH   full check; exit status 1 and the error if bad
+    python -m dplite.scripts.dataset info PATH       episodes, steps, keys, shapes, dtypes, chunking
+    python -m dplite.scripts.dataset validate PATH   full check; exit status 1 and the error if bad
 
 Both run every check of `ReplayBuffer.open` (data/replay_buffer.py) on a read-only handle.
 """
@@ -16,7 +16,7 @@ from typing import Annotated
 import numpy as np
 import tyro
 
-from data.replay_buffer import DatasetError, ReplayBuffer
+from dplite.data.replay_buffer import DatasetError, ReplayBuffer
 
 
 @dataclass

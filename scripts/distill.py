@@ -1,7 +1,7 @@
 """Distill a trained diffusion policy into a consistency policy that acts in 1 or 2 steps.
 
-    python -m scripts.distill --checkpoint outputs/runs/pusht --out outputs/runs/pusht_cd
-    python -m scripts.eval --checkpoint outputs/runs/pusht_cd --sampler consistency \\
+    python -m dplite.scripts.distill --checkpoint outputs/runs/pusht --out outputs/runs/pusht_cd
+    python -m dplite.scripts.eval --checkpoint outputs/runs/pusht_cd --sampler consistency \\
         --inference-steps 1
 
 --checkpoint is the teacher: a policy folder, or a training run (its best/ policy). It is not
@@ -35,14 +35,17 @@ import torch
 import tyro
 from tqdm import tqdm
 
-from data.dataset import WindowDataset
-from envs import EVAL_SEED_START
-from policy.checkpoint import CheckpointError
-from policy.consistency import ConsistencyDistiller, ddim_grid, teacher_gap
-from policy.diffusion import DiffusionPolicy
-from policy.ema import EMA
-from scripts.eval import evaluate_policy, find_policy_dir, policy_task, resolve_device
-from scripts.train import warmup_cosine
+from dplite.data.dataset import WindowDataset
+from dplite.envs import EVAL_SEED_START
+from dplite.envs.evaluate import evaluate_policy
+from dplite.envs.tasks import task_from_metadata
+from dplite.policy.actor import PolicyActor
+from dplite.policy.checkpoint import CheckpointError, find_policy_dir
+from dplite.policy.consistency import ConsistencyDistiller, ddim_grid, teacher_gap
+from dplite.policy.device import resolve_device
+from dplite.policy.diffusion import DiffusionPolicy
+from dplite.policy.ema import EMA
+from dplite.policy.training import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +235,8 @@ def distill(cfg: Config) -> dict:
     summary: dict = {"distill_s": seconds, "grid": list(grid), "teacher_gap": gap}
     if cfg.eval_episodes > 0:
         seeds = list(range(EVAL_SEED_START + 1000, EVAL_SEED_START + 1000 + cfg.eval_episodes))
-        result, _ = evaluate_policy(ema.model, policy_task(teacher), seeds, "consistency", 1)
+        actor = PolicyActor(ema.model, "consistency", 1)
+        result, _ = evaluate_policy(actor, task_from_metadata(teacher.metadata), seeds)
         summary.update(eval_success=result["success_rate"], eval_s=result["wall_time_s"])
         with open(metrics, "a") as f:
             f.write(json.dumps({"step": cfg.steps, **summary}) + "\n")
@@ -249,7 +253,7 @@ def cli() -> None:
     try:
         distill(cfg)
     except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"scripts.distill: {e}") from e
+        raise SystemExit(f"dplite.scripts.distill: {e}") from e
 
 
 if __name__ == "__main__":

@@ -34,16 +34,16 @@ if [[ "$DEVICE" == cuda* ]]; then
     GRAPHS=--cuda-graphs
 fi
 $PY -m pytest -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tee "$DIR/tests.txt" || TESTS_OK=0
-$PY -m scripts.benchmark --sections inference train --device "$DEVICE" --json "$DIR/bench.json"
+$PY -m dplite.scripts.benchmark --sections inference train --device "$DEVICE" --json "$DIR/bench.json"
 save
-$PY -m scripts.collect --task pusht --episodes 100 --action-noise 3 --out "$DIR/pusht.zarr" \
+$PY -m dplite.scripts.collect --task pusht --episodes 100 --action-noise 3 --out "$DIR/pusht.zarr" \
     --no-progress
-$PY -m scripts.train --dataset "$DIR/pusht.zarr" --out "$DIR/run" --steps "$STEPS" \
+$PY -m dplite.scripts.train --dataset "$DIR/pusht.zarr" --out "$DIR/run" --steps "$STEPS" \
     --eval-every $((STEPS / 2)) --amp --device "$DEVICE" --no-progress
 cp "$DIR/run/metrics.jsonl" "$DIR/train_metrics.jsonl"
 for mode in eager $GRAPHS; do
     flag=$([ "$mode" = eager ] || echo "$mode")
-    $PY -m scripts.eval --checkpoint "$DIR/run" --episodes "$EPISODES" --device "$DEVICE" \
+    $PY -m dplite.scripts.eval --checkpoint "$DIR/run" --episodes "$EPISODES" --device "$DEVICE" \
         --videos 0 --json "$DIR/eval_${mode#--}.json" --no-progress $flag
 done
 if [ "$TESTS_OK" = 0 ]; then echo "tests/test_cuda_graphs.py FAILED (see $DIR/tests.txt)"; exit 1; fi

@@ -13,17 +13,17 @@ stamp "install"
 bash scripts/install.sh
 
 stamp "collect demonstrations"
-$PY -m scripts.collect --task pusht --episodes 500 --action-noise 3 \
+$PY -m dplite.scripts.collect --task pusht --episodes 500 --action-noise 3 \
     --out outputs/data/pusht.zarr --no-progress
 t_train=$SECONDS
 stamp "train"
-$PY -m scripts.train --dataset outputs/data/pusht.zarr --task pusht --out outputs/runs/pusht \
+$PY -m dplite.scripts.train --dataset outputs/data/pusht.zarr --task pusht --out outputs/runs/pusht \
     --no-progress "$@"
 t_train=$((SECONDS - t_train))
 stamp "evaluate (DDIM 10)"
-$PY -m scripts.eval --checkpoint outputs/runs/pusht --episodes 50 --sampler ddim \
+$PY -m dplite.scripts.eval --checkpoint outputs/runs/pusht --episodes 50 --sampler ddim \
     --inference-steps 10 --json outputs/results_ddim10.json --no-progress
 stamp "evaluate (DDPM 100)"
-$PY -m scripts.eval --checkpoint outputs/runs/pusht --episodes 50 --sampler ddpm \
+$PY -m dplite.scripts.eval --checkpoint outputs/runs/pusht --episodes 50 --sampler ddpm \
     --inference-steps 100 --videos 0 --json outputs/results_ddpm100.json --no-progress
 stamp "done: training took ${t_train}s; results in outputs/results_*.json"

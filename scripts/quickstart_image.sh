@@ -13,13 +13,13 @@ stamp() { printf '[%4ds] %s\n' $((SECONDS - start)) "$*"; }
 stamp "install"
 bash scripts/install.sh
 stamp "collect demonstrations with images"
-$PY -m scripts.collect --task pusht --images --episodes 500 --action-noise 3 \
+$PY -m dplite.scripts.collect --task pusht --images --episodes 500 --action-noise 3 \
     --out outputs/data/pusht_img.zarr --no-progress
 stamp "train"
-$PY -m scripts.train --dataset outputs/data/pusht_img.zarr --task pusht --obs-keys img agent_pos \
+$PY -m dplite.scripts.train --dataset outputs/data/pusht_img.zarr --task pusht --obs-keys img agent_pos \
     --out outputs/runs/pusht_img --batch-size 64 --steps 50000 --amp --eval-every 5000 \
     --save-every 5000 --no-progress "$@"
 stamp "evaluate (DDIM 10)"
-$PY -m scripts.eval --checkpoint outputs/runs/pusht_img --episodes 50 \
+$PY -m dplite.scripts.eval --checkpoint outputs/runs/pusht_img --episodes 50 \
     --json outputs/results_img_ddim10.json --no-progress
 stamp "done: results in outputs/results_img_ddim10.json"

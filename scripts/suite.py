@@ -1,9 +1,9 @@
 """Benchmark suite: every method on every task, with the same data and the same held-out
 seeds, into one leaderboard.
 
-    python -m scripts.suite --tasks pusht --methods diffusion mse expert random \
+    python -m dplite.scripts.suite --tasks pusht --methods diffusion mse expert random \
         --train-seeds 0 1 --out outputs/suite
-    python -m scripts.suite --out /tmp/suite --quick     # the whole pipeline, tiny, in seconds
+    python -m dplite.scripts.suite --out /tmp/suite --quick     # the whole pipeline, tiny, in seconds
 
 Methods: ``diffusion`` (the diffusion policy), ``mse`` (the same UNet, data and conditioning
 regressing the chunk: ``PolicyConfig.objective = "mse"``), ``expert`` (the task's scripted
@@ -55,17 +55,28 @@ import torch
 import tyro
 from tqdm import tqdm
 
-from data.replay_buffer import ReplayBuffer
-from envs import EVAL_SEED_START
-from envs.baselines import evaluate_baseline, make_baseline
-from envs.rollout import wilson_interval
-from envs.tasks import TaskSpec, flatten_obs, get_task, import_modules, make_env, output_name
-from policy.diffusion import DiffusionPolicy
-from scripts import collect, train
-from scripts.benchmark import cpu_model, median_ms
-from scripts.env_options import EnvOptions
-from scripts.eval import evaluate_policy, find_policy_dir, policy_task, resolve_device
-from scripts.plots import last_per_step, plot_inference_steps, plot_training, read_metrics
+from dplite.data.replay_buffer import ReplayBuffer
+from dplite.envs import EVAL_SEED_START
+from dplite.envs.baselines import evaluate_baseline, make_baseline
+from dplite.envs.evaluate import evaluate_policy
+from dplite.envs.options import EnvOptions
+from dplite.envs.rollout import wilson_interval
+from dplite.envs.tasks import (
+    TaskSpec,
+    flatten_obs,
+    get_task,
+    import_modules,
+    make_env,
+    output_name,
+    task_from_metadata,
+)
+from dplite.policy.actor import PolicyActor
+from dplite.policy.checkpoint import find_policy_dir
+from dplite.policy.device import resolve_device
+from dplite.policy.diffusion import DiffusionPolicy
+from dplite.policy.timing import cpu_model, median_ms
+from dplite.scripts import collect, train
+from dplite.scripts.plots import last_per_step, plot_inference_steps, plot_training, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -303,15 +314,9 @@ class Suite:
         run = self.layout.run(output_name(spec), method, seed)
         policy_dir = find_policy_dir(run)
         policy = DiffusionPolicy.from_pretrained(policy_dir, device=self.device)
-        summary, _ = evaluate_policy(
-            policy,
-            policy_task(policy),
-            self.seeds,
-            sampler,
-            k,
-            noise_seed=NOISE_SEED,
-            progress=self.cfg.progress,
-        )
+        actor = PolicyActor(policy, sampler, k, noise_seed=NOISE_SEED)
+        spec = task_from_metadata(policy.metadata)
+        summary, _ = evaluate_policy(actor, spec, self.seeds, progress=self.cfg.progress)
         summary.update(
             method=method,
             train_seed=seed,
@@ -353,7 +358,7 @@ class Suite:
 
     def policy_latency_ms(self, policy: DiffusionPolicy, sampler: str, k: int) -> float:
         pcfg = policy.cfg
-        obs = self.first_observation(policy_task(policy), list(pcfg.obs_shapes))
+        obs = self.first_observation(task_from_metadata(policy.metadata), list(pcfg.obs_shapes))
         batch = {
             key: torch.from_numpy(np.repeat(obs[key][None, None], pcfg.n_obs_steps, axis=1)).to(
                 self.device

@@ -1,6 +1,6 @@
 """Train a diffusion policy on a zarr demonstration dataset, with periodic rollout evaluation.
 
-    python -m scripts.train --dataset outputs/data/pusht.zarr --task pusht --out outputs/runs/pusht
+    python -m dplite.scripts.train --dataset outputs/data/pusht.zarr --task pusht --out outputs/runs/pusht
 
 The environment (for rollout evaluation, and recorded in every saved policy so that
 scripts.eval needs only the checkpoint) is --task NAME or --env-id ID [--env-import ...]; by
@@ -22,7 +22,7 @@ LR schedule, EMA and RNG state).
 
 Several processes (DistributedDataParallel; NCCL on CUDA, one GPU per process, gloo on CPU):
 
-    torchrun --nproc-per-node 2 -m scripts.train --dataset ... --out ...
+    torchrun --nproc-per-node 2 -m dplite.scripts.train --dataset ... --out ...
 
 --batch-size is the global batch. Every rank draws the same global batch of windows, noise and
 diffusion steps from one seeded stream and keeps its own slice of it, so N processes compute
@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -51,17 +50,27 @@ import tyro
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data.dataset import WindowDataset
-from data.replay_buffer import ReplayBuffer
-from envs import EVAL_SEED_START
-from envs.tasks import TaskSpec, flat_obs_shapes, get_task, make_env, output_name
-from policy.checkpoint import load_state, save_state
-from policy.diffusion import DiffusionPolicy, PolicyConfig
-from policy.ema import EMA
-from policy.encoders import CameraConfig
-from policy.normalizer import Normalizer
-from scripts.env_options import EnvArgs, EnvOptions
-from scripts.eval import check_env_fits, evaluate_policy, resolve_device
+from dplite.data.dataset import WindowDataset
+from dplite.data.replay_buffer import ReplayBuffer
+from dplite.envs import EVAL_SEED_START
+from dplite.envs.evaluate import evaluate_policy
+from dplite.envs.options import EnvArgs, EnvOptions
+from dplite.envs.tasks import (
+    TaskSpec,
+    check_env_fits,
+    flat_obs_shapes,
+    make_env,
+    output_name,
+    task_from_metadata,
+)
+from dplite.policy.actor import PolicyActor
+from dplite.policy.checkpoint import atomic_dir, atomic_write, load_state, recover_dir, save_state
+from dplite.policy.device import resolve_device
+from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.ema import EMA
+from dplite.policy.encoders import CameraConfig
+from dplite.policy.normalizer import Normalizer
+from dplite.policy.training import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +156,6 @@ class Config:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
 
 
-def warmup_cosine(warmup: int, total: int):
-    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at `total` steps."""
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
 def anchored_action_stats(data: WindowDataset, key: str, n_obs_steps: int) -> dict:
     """Min / max of every training chunk relative to its newest `key` observation: (T, Da)."""
     if key not in data.obs_keys:
@@ -182,9 +179,7 @@ def camera_keys(path: Path, spec: TaskSpec, obs_keys: tuple[str, ...]) -> tuple[
 def dataset_task(path: Path) -> TaskSpec | None:
     """The environment scripts.collect recorded in a dataset's attributes, if any."""
     attrs = ReplayBuffer.open(path).attrs
-    if "env" in attrs:
-        return TaskSpec.from_dict(attrs["env"])
-    return get_task(attrs["task"]) if "task" in attrs else None
+    return task_from_metadata(attrs) if "env" in attrs or "task" in attrs else None
 
 
 def resolve_obs_and_anchor(cfg: Config, spec: TaskSpec) -> tuple[tuple[str, ...], str | None]:
@@ -330,10 +325,8 @@ class Trainer:
         """Write into a .tmp folder, rename it into place, then repoint latest.json."""
         name = f"step_{self.step:07d}"
         final = self.write_policy_dir(self.ckpt_dir / name, with_state=True)
-        pointer = self.ckpt_dir / "latest.json.tmp"
-        pointer.write_text(json.dumps({"name": name, "step": self.step}))
-        os.replace(pointer, self.ckpt_dir / "latest.json")
-        old = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir() and p.suffix != ".tmp")
+        atomic_write(self.ckpt_dir / "latest.json", json.dumps({"name": name, "step": self.step}))
+        old = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir() and p.suffix == "")
         for p in old[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(p)
         return final
@@ -361,24 +354,11 @@ class Trainer:
         self.write_policy_dir(self.cfg.out / "best", with_state=False)
 
     def write_policy_dir(self, final: Path, with_state: bool) -> Path:
-        """EMA policy (+ training state) into final.tmp, then swapped in for `final`.
-
-        The old folder is renamed aside before the new one is renamed in and only deleted
-        after, so at every instant `final` or `final.old` is a complete policy
-        (recover_policy_dir puts `.old` back after a crash between the two renames).
-        """
-        tmp = final.with_name(final.name + ".tmp")
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.ema.model.save_pretrained(tmp, metadata=self.metadata())
-        if with_state:
-            save_state(self.state(), tmp)
-        recover_policy_dir(final)
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        """EMA policy (+ training state), written whole and swapped in for `final`."""
+        with atomic_dir(final) as tmp:
+            self.ema.model.save_pretrained(tmp, metadata=self.metadata())
+            if with_state:
+                save_state(self.state(), tmp)
         return final
 
     # ---------------------------------------------------------------- loop
@@ -421,13 +401,8 @@ class Trainer:
     def evaluate(self) -> dict:
         # training-time evaluation uses seeds past the final evaluation's first 1000
         seeds = list(range(EVAL_SEED_START + 1000, EVAL_SEED_START + 1000 + self.cfg.eval_episodes))
-        summary, _ = evaluate_policy(
-            self.ema.model,
-            self.spec,
-            seeds,
-            self.cfg.eval_sampler,
-            self.cfg.eval_inference_steps,
-        )
+        actor = PolicyActor(self.ema.model, self.cfg.eval_sampler, self.cfg.eval_inference_steps)
+        summary, _ = evaluate_policy(actor, self.spec, seeds)
         return summary
 
     def log(self, record: dict, bar: tqdm) -> None:
@@ -446,7 +421,7 @@ class Trainer:
             (cfg.out / "config.json").write_text(
                 json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
             )
-            recover_policy_dir(cfg.out / "best")
+            recover_dir(cfg.out / "best")
         self.try_resume()
         n_params = sum(p.numel() for p in self.policy.parameters())
         log.info(
@@ -530,15 +505,6 @@ class Trainer:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
-
-
-def recover_policy_dir(final: Path) -> None:
-    """After a crash between write_policy_dir's two renames, `final.old` is the last
-    complete policy: put it back."""
-    old = final.with_name(final.name + ".old")
-    if old.is_dir() and not final.exists():
-        os.replace(old, final)
-        log.warning("recovered %s from %s", final, old)
 
 
 def dist_rank_world() -> tuple[int, int]:

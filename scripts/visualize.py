@@ -1,7 +1,7 @@
 """Draw the denoising of action chunks, from noise to plan, over the scene they act in.
 
-    python -m scripts.visualize --checkpoint outputs/runs/pusht --out outputs/denoising.png
-    python -m scripts.visualize --checkpoint C --out pic.png --seed 100002 --samples 8 \
+    python -m dplite.scripts.visualize --checkpoint outputs/runs/pusht --out outputs/denoising.png
+    python -m dplite.scripts.visualize --checkpoint C --out pic.png --seed 100002 --samples 8 \
         --sampler ddim --inference-steps 10 --steps 0 2 5 8 10
 
 One observation: the environment reset at a held-out seed (default envs.EVAL_SEED_START), its
@@ -34,11 +34,17 @@ import tyro
 matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-import envs  # noqa: E402
-from envs.pusht import WORKSPACE  # noqa: E402
-from envs.tasks import TaskSpec, flatten_obs, make_env  # noqa: E402
-from policy.diffusion import DiffusionPolicy  # noqa: E402
-from scripts.eval import find_policy_dir, policy_task, resolve_device  # noqa: E402
+from dplite import envs  # noqa: E402
+from dplite.envs.pusht import WORKSPACE  # noqa: E402
+from dplite.envs.tasks import (  # noqa: E402
+    TaskSpec,
+    flatten_obs,
+    make_env,
+    task_from_metadata,  # noqa: E402
+)
+from dplite.policy.checkpoint import find_policy_dir  # noqa: E402
+from dplite.policy.device import resolve_device  # noqa: E402
+from dplite.policy.diffusion import DiffusionPolicy  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +237,7 @@ def _panel_title(step: int, panels: Panels) -> str:
 def main(cfg: Config) -> Path:
     policy_dir = find_policy_dir(cfg.checkpoint)
     policy = DiffusionPolicy.from_pretrained(policy_dir, device=resolve_device(cfg.device))
-    spec = policy_task(policy)
+    spec = task_from_metadata(policy.metadata)
     panels = denoising_panels(
         policy,
         spec,

@@ -5,9 +5,9 @@ result depends on its seed only."""
 import numpy as np
 import pytest
 
-from envs import EVAL_SEED_START
-from envs.baselines import ExpertPolicy, RandomPolicy, evaluate_baseline, make_baseline
-from envs.tasks import get_task
+from dplite.envs import EVAL_SEED_START
+from dplite.envs.baselines import ExpertPolicy, RandomPolicy, evaluate_baseline, make_baseline
+from dplite.envs.tasks import get_task
 from tests.toy_envs import TOY_TASK as TOY  # importing it also registers ToyReach-v0
 
 SEEDS = [EVAL_SEED_START + i for i in range(10)]

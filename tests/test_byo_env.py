@@ -12,12 +12,14 @@ import pytest
 import torch
 import tyro
 
-from data.replay_buffer import ReplayBuffer
-from envs import EVAL_SEED_START
-from envs.tasks import UnknownTaskError
-from policy.diffusion import DiffusionPolicy
-from scripts import collect, train
-from scripts import eval as eval_script
+from dplite.data.replay_buffer import ReplayBuffer
+from dplite.envs import EVAL_SEED_START
+from dplite.envs.evaluate import evaluate_policy
+from dplite.envs.tasks import UnknownTaskError, task_from_metadata
+from dplite.policy.actor import PolicyActor
+from dplite.policy.diffusion import DiffusionPolicy
+from dplite.scripts import collect, train
+from dplite.scripts import eval as eval_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["--env-id", "ToyReach-v0", "--env-import", "tests.toy_envs"]
@@ -83,7 +85,7 @@ def test_eval_from_the_checkpoint_alone_in_a_fresh_process(run, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "scripts.eval",
+        "dplite.scripts.eval",
         *map(str, args),
         "--json",
         str(tmp_path / "there.json"),
@@ -102,11 +104,11 @@ def test_eval_from_the_checkpoint_alone_in_a_fresh_process(run, tmp_path):
 def test_a_seed_gives_the_same_episode_alone_or_in_a_batch(run):
     _, _, out = run
     policy = DiffusionPolicy.from_pretrained(out / "checkpoints" / "step_0000002")
-    spec = eval_script.policy_task(policy)
+    spec = task_from_metadata(policy.metadata)
     seeds = [EVAL_SEED_START + i for i in range(4)]
     # DDPM draws fresh noise every step: the strongest test of per-episode noise streams
-    _, batched = eval_script.evaluate_policy(policy, spec, seeds, "ddpm", 10)
-    _, alone = eval_script.evaluate_policy(policy, spec, seeds[2:3], "ddpm", 10)
+    _, batched = evaluate_policy(PolicyActor(policy, "ddpm", 10), spec, seeds)
+    _, alone = evaluate_policy(PolicyActor(policy, "ddpm", 10), spec, seeds[2:3])
     assert alone[0].seed == batched[2].seed
     assert alone[0].steps == batched[2].steps
     assert alone[0].final_reward == pytest.approx(batched[2].final_reward, abs=1e-4)
@@ -175,7 +177,7 @@ def test_box_observations_become_state(tmp_path):
 
 
 def test_per_row_generators_make_rows_independent_of_the_batch():
-    from policy.diffusion import PolicyConfig
+    from dplite.policy.diffusion import PolicyConfig
 
     torch.manual_seed(0)
     policy = DiffusionPolicy(

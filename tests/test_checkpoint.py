@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from policy.checkpoint import CheckpointError, load_state, load_tensors, save_state
+from dplite.policy.checkpoint import CheckpointError, load_state, load_tensors, save_state
 
 
 def _trained_optimizer():
@@ -41,7 +41,7 @@ def test_optimizer_and_rng_state_round_trip(tmp_path):
 
 def test_loading_never_unpickles(tmp_path, monkeypatch):
     """Every unpickling entry point raises during the loads: state and policy still load."""
-    from policy.diffusion import DiffusionPolicy, PolicyConfig
+    from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
 
     model, opt = _trained_optimizer()
     rng = torch.get_rng_state()

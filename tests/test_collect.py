@@ -1,4 +1,4 @@
-"""scripts.collect: a short run writes a valid dataset in the timing convention and resumes."""
+"""dplite.scripts.collect: a short run writes a valid dataset in the timing convention and resumes."""
 
 import os
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tyro
 
-from data.replay_buffer import ReplayBuffer
-from envs import EVAL_SEED_START
-from envs.experts import PushTExpert, expert_rng
-from envs.pusht import PushTEnv
-from scripts.collect import Config, main
+from dplite.data.replay_buffer import ReplayBuffer
+from dplite.envs import EVAL_SEED_START
+from dplite.envs.experts import PushTExpert, expert_rng
+from dplite.envs.pusht import PushTEnv
+from dplite.scripts.collect import Config, main
 
 
 def test_short_run_is_valid_and_replays(tmp_path):

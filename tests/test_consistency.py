@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from policy.consistency import ConsistencyDistiller, ddim_grid, teacher_gap
-from policy.diffusion import DiffusionPolicy, PolicyConfig
-from policy.normalizer import Normalizer
-from scripts import collect, distill, train
-from scripts import eval as eval_script
+from dplite.policy.checkpoint import find_policy_dir
+from dplite.policy.consistency import ConsistencyDistiller, ddim_grid, teacher_gap
+from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.normalizer import Normalizer
+from dplite.scripts import collect, distill, train
+from dplite.scripts import eval as eval_script
 from tests.test_diffusion import T, _mode_fractions, _two_mode_paths
 
 TINY = dict(down_dims=(16, 32, 64), diffusion_step_embed_dim=32)
@@ -305,7 +306,7 @@ def test_distill_then_eval_through_the_scripts(tmp_path):
     assert summary["grid"] == list(range(90, -1, -10)) and "eval_success" in summary
     assert not (tmp_path / "cd.tmp").exists()
     student = DiffusionPolicy.from_pretrained(tmp_path / "cd")
-    teacher_dir = eval_script.find_policy_dir(tmp_path / "run")
+    teacher_dir = find_policy_dir(tmp_path / "run")
     assert student.metadata["distilled_from"] == str(teacher_dir)
     assert student.metadata["task"] == "pusht" and student.metadata["distill"]["steps"] == 3
     teacher = DiffusionPolicy.from_pretrained(teacher_dir)

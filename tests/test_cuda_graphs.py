@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from policy.diffusion import DiffusionPolicy, PolicyConfig
-from policy.fast_layers import BatchedFiLM, FastConv1d, fast_paths_disabled
+from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.fast_layers import BatchedFiLM, FastConv1d, fast_paths_disabled
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import zarr
 
-from data.dataset import WindowDataset
-from data.replay_buffer import ReplayBuffer
+from dplite.data.dataset import WindowDataset
+from dplite.data.replay_buffer import ReplayBuffer
 
 LENGTHS = [12, 9, 15, 11, 7, 13, 10, 14, 8, 12]
 
@@ -166,7 +166,7 @@ def test_dataset_argument_errors(stores):
 
 def _run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "scripts.dataset", *args], capture_output=True, text=True
+        [sys.executable, "-m", "dplite.scripts.dataset", *args], capture_output=True, text=True
     )
 
 

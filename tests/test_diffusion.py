@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from policy.checkpoint import CheckpointError
-from policy.diffusion import DiffusionPolicy, PolicyConfig
-from policy.normalizer import Normalizer
-from policy.unet1d import ConditionalUnet1D
+from dplite.policy.checkpoint import CheckpointError
+from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.normalizer import Normalizer
+from dplite.policy.unet1d import ConditionalUnet1D
 
 SMALL = dict(down_dims=(32, 64, 128), diffusion_step_embed_dim=32, kernel_size=5, n_groups=8)
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 import tyro
 
-from policy.checkpoint import load_state
-from policy.diffusion import DiffusionPolicy
-from scripts import collect, train
+from dplite.policy.checkpoint import load_state, recover_dir
+from dplite.policy.diffusion import DiffusionPolicy
+from dplite.scripts import collect, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["--env-id", "ToyReach-v0", "--env-import", "tests.toy_envs"]
@@ -39,7 +39,7 @@ def dataset(tmp_path_factory):
 
 def torchrun(args, nproc=2, **popen):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "scripts.train", *map(str, args)]  # fmt: skip
+           f"--nproc-per-node={nproc}", "-m", "dplite.scripts.train", *map(str, args)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "MUJOCO_GL": "egl"}
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen
@@ -151,7 +151,7 @@ def test_policy_folder_swap_never_loses_the_old_one(dataset, tmp_path, monkeypat
     monkeypatch.setattr(os, "replace", real_replace)
     assert not best.exists() and (tmp_path / "best.old" / "model.safetensors").is_file()
 
-    train.recover_policy_dir(best)  # what the next run does first
+    recover_dir(best)  # what the next run does first
     assert (best / "model.safetensors").read_bytes() == before
     DiffusionPolicy.from_pretrained(best)
     trainer.write_policy_dir(best, with_state=False)  # and a normal swap then goes through

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from policy.ema import EMA
-from policy.fast_layers import FastPath
-from policy.unet1d import ConditionalUnet1D
+from dplite.policy.ema import EMA
+from dplite.policy.fast_layers import FastPath
+from dplite.policy.unet1d import ConditionalUnet1D
 
 
 def test_decay_schedule_hand_values():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from policy.encoders import (
+from dplite.policy.encoders import (
     CameraConfig,
     ImageEncoder,
     ObsEncoder,

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from envs.experts import PushTExpert
-from envs.geometry import GOAL_POSE, T_CENTROID, distance_to_t, rotation
-from envs.pusht import PushTEnv
+from dplite.envs.experts import PushTExpert
+from dplite.envs.geometry import GOAL_POSE, T_CENTROID, distance_to_t, rotation
+from dplite.envs.pusht import PushTEnv
 
 
 def _episode(seed, expert_seed, env=None, max_steps=300):

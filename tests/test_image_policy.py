@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from data.dataset import WindowDataset
-from data.replay_buffer import ReplayBuffer
-from policy.diffusion import DiffusionPolicy, PolicyConfig
-from policy.encoders import CameraConfig
-from policy.normalizer import Normalizer
+from dplite.data.dataset import WindowDataset
+from dplite.data.replay_buffer import ReplayBuffer
+from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.encoders import CameraConfig
+from dplite.policy.normalizer import Normalizer
 
 NET = dict(down_dims=(16, 32), diffusion_step_embed_dim=16, kernel_size=3, n_groups=4)
 SMALL_CAM = CameraConfig(backbone="small", crop_size=(20, 20), feature_dim=16, num_keypoints=8)

@@ -9,10 +9,10 @@ import pytest
 import torch
 import tyro
 
-from policy.diffusion import DiffusionPolicy, PolicyConfig
-from policy.normalizer import Normalizer
-from scripts import collect, train
-from scripts import eval as eval_script
+from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.normalizer import Normalizer
+from dplite.scripts import collect, train
+from dplite.scripts import eval as eval_script
 
 T, TO, DA = 8, 2, 2
 TOY = ["--env-id", "ToyReach-v0", "--env-import", "tests.toy_envs"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from policy.normalizer import Normalizer
+from dplite.policy.normalizer import Normalizer
 
 
 def test_min_max_map_to_unit_range_and_round_trip():

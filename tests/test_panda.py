@@ -1,4 +1,4 @@
-"""envs.panda: the Franka scene, IK, the lift / stack tasks and their experts."""
+"""dplite.envs.panda: the Franka scene, IK, the lift / stack tasks and their experts."""
 
 import subprocess
 import sys
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers PandaLift-v0 / PandaStack-v0)
-from envs.panda.env import MAX_MOVE, PandaLiftEnv, PandaStackEnv
-from envs.panda.experts import grasp_yaws, make_lift_expert, make_stack_expert
-from envs.panda.ik import solve_ik, yaw_down_rotation
-from envs.panda.scene import ARM_PREFIX, CUBE_HALF, FINGER_OPEN
-from envs.tasks import get_task, make_env
+from dplite import envs  # noqa: F401  (registers PandaLift-v0 / PandaStack-v0)
+from dplite.envs.panda.env import MAX_MOVE, PandaLiftEnv, PandaStackEnv
+from dplite.envs.panda.experts import grasp_yaws, make_lift_expert, make_stack_expert
+from dplite.envs.panda.ik import solve_ik, yaw_down_rotation
+from dplite.envs.panda.scene import ARM_PREFIX, CUBE_HALF, FINGER_OPEN
+from dplite.envs.tasks import get_task, make_env
 
 
 def run_expert(env, expert, seed, limit=150, reset=True):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers PushT-v0)
-from envs.geometry import GOAL_POSE, T_AREA, T_CENTROID, t_coverage, t_keypoints
-from envs.pusht import PushTEnv
+from dplite import envs  # noqa: F401  (registers PushT-v0)
+from dplite.envs.geometry import GOAL_POSE, T_AREA, T_CENTROID, t_coverage, t_keypoints
+from dplite.envs.pusht import PushTEnv
 
 
 def _raster_coverage(pose, goal, h=0.2):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from data.replay_buffer import DatasetError, ReplayBuffer
+from dplite.data.replay_buffer import DatasetError, ReplayBuffer
 
 
 def _episode(rng, length, img=False):
@@ -291,7 +291,7 @@ def test_nan_in_committed_rows_fails_before_any_repair(tmp_path):
 
 
 def test_nan_scan_finds_late_rows_across_blocks(tmp_path, monkeypatch):
-    import data.replay_buffer as rbmod
+    import dplite.data.replay_buffer as rbmod
 
     monkeypatch.setattr(rbmod, "SCAN_BLOCK_BYTES", 64)  # force many small blocks
     d = {"state": np.zeros((200, 5), np.float32)}

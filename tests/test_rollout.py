@@ -4,7 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.rollout import rollout, summarize, wilson_interval
+from dplite.envs.rollout import rollout, summarize, wilson_interval
 
 
 class CountEnv(gym.Env):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from data.sampler import SequenceSampler, split_episodes
+from dplite.data.sampler import SequenceSampler, split_episodes
 
 
 def _naive_windows(episode_ends, horizon, pad_before, pad_after, mask=None):

@@ -15,7 +15,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.schedulers import scheduling_ddpm
 
-from policy.schedule import NoiseSchedule
+from dplite.policy.schedule import NoiseSchedule
 
 SCHEDULES = ("linear", "squaredcos_cap_v2")
 B, T, DA = 3, 4, 2  # tiny (B, T, Da) samples

@@ -1,4 +1,4 @@
-"""scripts.suite --quick on the toy task: data, training, evaluation of every method, the
+"""dplite.scripts.suite --quick on the toy task: data, training, evaluation of every method, the
 inference-steps sweep, the leaderboard and the plots; then a second run that redoes nothing."""
 
 import json
@@ -7,8 +7,8 @@ import pytest
 import torch
 import tyro
 
-from envs.tasks import register_task
-from scripts import suite
+from dplite.envs.tasks import register_task
+from dplite.scripts import suite
 from tests.toy_envs import TOY_TASK as TOY  # importing it also registers ToyReach-v0
 
 
@@ -65,7 +65,7 @@ def test_quick_suite_writes_the_leaderboard_and_plots_and_resumes(tmp_path, monk
     # a second run finds everything done: no worker may be called, no file is rewritten
     work = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()}
     work |= {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*") if p.is_file()}
-    for target in ("scripts.train.main", "scripts.collect.main"):
+    for target in ("dplite.scripts.train.main", "dplite.scripts.collect.main"):
         monkeypatch.setattr(target, _boom)
     monkeypatch.setattr(suite, "evaluate_policy", _boom)
     monkeypatch.setattr(suite, "evaluate_baseline", _boom)

@@ -1,12 +1,13 @@
-"""envs.tasks: the registry, observation flattening, success lookup, one time limit."""
+"""dplite.envs.tasks: the registry, observation flattening, success lookup, one time limit."""
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
 
-import envs  # noqa: F401  (registers PushT-v0)
-from envs.tasks import (
+from dplite import envs  # noqa: F401  (registers PushT-v0)
+from dplite.envs.options import EnvOptions
+from dplite.envs.tasks import (
     TaskSpec,
     UnknownTaskError,
     flat_obs_shapes,
@@ -18,7 +19,6 @@ from envs.tasks import (
     register_task,
     task_from_env_id,
 )
-from scripts.env_options import EnvOptions
 
 
 def test_pusht_tasks_are_registered_as_data():
@@ -121,7 +121,7 @@ def test_env_options_override_a_recorded_spec():
 def test_env_options_parse_from_the_command_line():
     import tyro
 
-    from scripts.collect import Config
+    from dplite.scripts.collect import Config
 
     cfg = tyro.cli(
         Config,

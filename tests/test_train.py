@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-import envs
-from data.dataset import WindowDataset
-from data.replay_buffer import ReplayBuffer
-from envs.rollout import wilson_interval
-from envs.tasks import UnknownTaskError
-from policy.checkpoint import CheckpointError
-from policy.diffusion import DiffusionPolicy, PolicyConfig
-from policy.normalizer import Normalizer
-from scripts import collect, train
-from scripts import eval as eval_script
-from scripts.env_options import EnvOptions
+from dplite import envs
+from dplite.data.dataset import WindowDataset
+from dplite.data.replay_buffer import ReplayBuffer
+from dplite.envs.options import EnvOptions
+from dplite.envs.rollout import wilson_interval
+from dplite.envs.tasks import UnknownTaskError
+from dplite.policy.checkpoint import CheckpointError
+from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.normalizer import Normalizer
+from dplite.scripts import collect, train
+from dplite.scripts import eval as eval_script
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_eval_pools_noise_seeds(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(
         eval_script,
         "evaluate_policy",
-        lambda *a, **kw: used.append(kw["noise_seed"]) or real(*a, **kw),
+        lambda actor, *a, **kw: used.append(actor.noise_seed) or real(actor, *a, **kw),
     )
 
     def run(**kw):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from policy.fast_layers import FastConvTranspose1d, FastPath, packed_ops_available
-from policy.unet1d import ConditionalUnet1D
+from dplite.policy.fast_layers import FastConvTranspose1d, FastPath, packed_ops_available
+from dplite.policy.unet1d import ConditionalUnet1D
 
 DA, DC = 2, 40  # action size, global cond size
 

@@ -1,4 +1,4 @@
-"""scripts.visualize: the drawn chunks are the policy's own denoising trajectory, mapped onto
+"""dplite.scripts.visualize: the drawn chunks are the policy's own denoising trajectory, mapped onto
 the PushT frame where the renderer really shows them; and predict_action's trajectory option."""
 
 import imageio.v3 as iio
@@ -7,11 +7,11 @@ import pytest
 import torch
 import tyro
 
-from envs import EVAL_SEED_START
-from envs.tasks import get_task, make_env
-from policy.diffusion import DiffusionPolicy, PolicyConfig
-from policy.normalizer import Normalizer
-from scripts import visualize
+from dplite.envs import EVAL_SEED_START
+from dplite.envs.tasks import get_task, make_env
+from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.normalizer import Normalizer
+from dplite.scripts import visualize
 
 T, TO = 8, 2
 PUSHT = get_task("pusht")

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.tasks import TaskSpec
+from dplite.envs.tasks import TaskSpec
 
 
 class ToyReach(gym.Env):

@@ -34,8 +34,8 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from envs.panda.ik import solve_ik, yaw_down_rotation
-from envs.panda.scene import (
+from dplite.envs.panda.ik import solve_ik, yaw_down_rotation
+from dplite.envs.panda.scene import (
     ARM_PREFIX,
     CUBE_HALF,
     FINGER_OPEN,

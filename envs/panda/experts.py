@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.panda.env import MAX_MOVE, MAX_TURN, PandaEnv, fold_quarter, quat_yaw
-from envs.panda.scene import CUBE_HALF, FINGERTIP_DEPTH, TABLE_TOP
+from dplite.envs.panda.env import MAX_MOVE, MAX_TURN, PandaEnv, fold_quarter, quat_yaw
+from dplite.envs.panda.scene import CUBE_HALF, FINGERTIP_DEPTH, TABLE_TOP
 
 
 def grasp_yaws(cube_yaw: float) -> tuple[float, float]:

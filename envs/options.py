@@ -1,4 +1,4 @@
-"""The environment options every script shares: a registered task, or any gymnasium id.
+"""The environment options every command line shares: a registered task, or any gymnasium id.
 
     --task pusht                                  a task registered in envs.tasks
     --env-id ID [--env-import MODULE ...] [--env-kwargs JSON] [--success-key KEY]
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import tyro
 
-from envs.tasks import TaskSpec, get_task, import_modules, task_from_env_id
+from dplite.envs.tasks import TaskSpec, get_task, import_modules, task_from_env_id
 
 
 @dataclass

@@ -1,0 +1,68 @@
+"""A DiffusionPolicy as a rollout actor: numpy observations in, numpy actions out.
+
+The batched rollout (envs/evaluate.py, envs/rollout.py) knows no torch; this adapter moves
+each batch of observations to the policy's device, samples a chunk and returns every action
+from the newest observation on, of which the rollout executes Ta. Sampler noise is drawn per
+episode from a generator fixed by (noise seed, episode seed), so an episode's result does not
+depend on which other episodes share its batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dplite.policy.diffusion import DiffusionPolicy, Sampler
+
+
+def episode_generator(noise_seed: int, episode_seed: int, device: torch.device) -> torch.Generator:
+    """The sampler noise of one episode: a stream fixed by (noise seed, episode seed) only."""
+    seed = int(np.random.SeedSequence([noise_seed, episode_seed]).generate_state(1, np.uint64)[0])
+    return torch.Generator(device).manual_seed(seed)
+
+
+class PolicyActor:
+    """``policy`` sampled with (sampler, k) as an envs.evaluate actor. The policy is put in
+    eval mode until ``close``. A sampler that does not fit the policy, or a Ta outside
+    [1, T - To + 1], is refused here, before any episode."""
+
+    def __init__(
+        self,
+        policy: DiffusionPolicy,
+        sampler: Sampler | None = None,
+        inference_steps: int | None = None,
+        noise_seed: int = 0,
+        n_action_steps: int | None = None,
+    ) -> None:
+        cfg = policy.cfg
+        self.n_action_steps = cfg.n_action_steps if n_action_steps is None else n_action_steps
+        if not 1 <= self.n_action_steps <= cfg.horizon - cfg.n_obs_steps + 1:
+            raise ValueError(
+                f"n_action_steps={self.n_action_steps} must be in [1, T - To + 1 = "
+                f"{cfg.horizon - cfg.n_obs_steps + 1}]"
+            )
+        # what will run, e.g. ("mse", 1) for the regression baseline
+        used, k = policy.sampler_settings(sampler, inference_steps)
+        self.policy, self.sampler, self.inference_steps = policy, sampler, inference_steps
+        self.noise_seed = noise_seed
+        self.n_obs_steps = cfg.n_obs_steps
+        self.obs_shapes = cfg.obs_shapes
+        self.action_dim = cfg.action_dim
+        self.info = {"sampler": used, "inference_steps": k}
+        self.generators: dict[int, torch.Generator] = {}
+        self.was_training = policy.training
+        policy.eval()
+
+    def __call__(self, obs: dict[str, np.ndarray], seeds: np.ndarray) -> np.ndarray:
+        dev = self.policy.device
+        batch = {k: torch.from_numpy(obs[k]).to(dev) for k in self.obs_shapes}  # (B, To, ...)
+        gens = [
+            self.generators.setdefault(int(s), episode_generator(self.noise_seed, int(s), dev))
+            for s in seeds
+        ]
+        out = self.policy.predict_action(batch, self.sampler, self.inference_steps, generator=gens)
+        # every action from the newest observation on; the rollout executes n_action_steps
+        return out["action_pred"][:, self.n_obs_steps - 1 :].float().cpu().numpy()
+
+    def close(self) -> None:
+        self.policy.train(self.was_training)

@@ -1,0 +1,51 @@
+"""Wall-clock measurement shared by the benchmark and the suite: median latency of a call and
+a description of the machine it ran on (recorded with every timing)."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of `repeats` calls of fn in ms, after `warmup` untimed calls."""
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()  # CUDA runs asynchronously: time the work, not the launch
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """CPU, torch threads, versions, CUDA and today's date."""
+    return {
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.is_available(),
+        "date": datetime.date.today().isoformat(),
+    }

@@ -1,0 +1,18 @@
+"""The training loop's parts shared by every command that optimizes a policy."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at `total` steps."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
