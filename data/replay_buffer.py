@@ -12,8 +12,8 @@ always runs on a read-only handle, so a failed open writes nothing.
 
 `add_episode` is all-or-nothing. Rows are written first (data, then per-episode meta) and
 `meta/episode_ends` is extended last: that one write is the commit point. Each zarr store
-write is atomic (temporary file + rename), so a crash leaves either the old or the new
-episode_ends. Rows past ``episode_ends[-1]`` (and meta entries past ``n_episodes``) are an
+write is atomic (temporary file + rename, from zarr 3.1.3 on: the oldest zarr that
+pyproject.toml admits), so a crash leaves either the old or the new episode_ends. Rows past ``episode_ends[-1]`` (and meta entries past ``n_episodes``) are an
 uncommitted tail: mode "r" ignores them, mode "a" truncates them. Growing episode_ends is
 two writes (shape, then value); a crash between them leaves a trailing fill value 0, which
 no valid dataset can hold (episodes are never empty), so a single trailing 0 is read as an

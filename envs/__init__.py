@@ -8,10 +8,21 @@ demonstrations and evaluation apart: demonstrations use seeds ``DEMO_SEED_START,
 """
 
 import os
+import sys
+from collections.abc import Mapping
 
-# Headless machines (CI, servers) render offscreen through EGL; a desktop keeps its default.
-if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-    os.environ["MUJOCO_GL"] = "egl"
+
+def headless_gl(platform: str, environ: Mapping[str, str]) -> str | None:
+    """The MuJoCo GL backend to set, if any: EGL on a Linux machine with no display (CI,
+    servers); nothing where MUJOCO_GL is set already, on a Linux desktop, or off Linux (macOS
+    and Windows render with their own default backends)."""
+    if "MUJOCO_GL" in environ or not platform.startswith("linux"):
+        return None
+    return None if environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY") else "egl"
+
+
+if (_gl := headless_gl(sys.platform, os.environ)) is not None:
+    os.environ["MUJOCO_GL"] = _gl
 
 import gymnasium as gym  # noqa: E402
 

@@ -35,41 +35,42 @@ _RANDOM_STREAM = 0x5EED  # mixed into the episode seed: draws independent of the
 
 
 class ExpertPolicy:
-    """The task's scripted expert as a rollout actor: one expert per episode seed."""
+    """The task's scripted expert as a rollout actor: one expert per episode, built on that
+    episode's env (as scripts.collect builds it) right after the env's reset."""
 
     n_obs_steps = n_action_steps = 1
     obs_shapes = action_dim = None
     info = {"sampler": "expert", "inference_steps": None}
 
-    def __init__(self, factory: Callable[[gym.Env], Any], env: gym.Env) -> None:
-        self.factory, self.env = factory, env
+    def __init__(self, factory: Callable[[gym.Env], Any]) -> None:
+        self.factory = factory
         self.experts: dict[int, Any] = {}
 
     @classmethod
     def for_task(cls, spec: TaskSpec, expert: str | None = None) -> ExpertPolicy:
-        """The expert ``expert`` (MODULE:CALLABLE, default the task's own) for ``spec``; the
-        factory gets an env of the task (kept open until ``close``), as in scripts.collect."""
+        """The expert ``expert`` (MODULE:CALLABLE, default the task's own) for ``spec``."""
         ref = expert or spec.expert
         if ref is None:
             raise ValueError(
                 f"task {spec.name!r} has no scripted expert (TaskSpec.expert); the 'expert' "
                 "baseline needs one"
             )
-        return cls(load_callable(ref, "expert"), make_env(spec))
+        return cls(load_callable(ref, "expert"))
+
+    def episode_started(self, seed: int, env: gym.Env) -> None:
+        """Called by the rollout right after ``env.reset(seed=seed)``."""
+        expert = self.experts[seed] = self.factory(env)
+        expert.reset(seed)
 
     def __call__(self, obs: dict[str, np.ndarray], seeds: np.ndarray) -> np.ndarray:
         actions = []
         for row, seed in enumerate(seeds):
-            expert = self.experts.get(int(seed))
-            if expert is None:  # the episode's first step: its env was just reset(seed)
-                expert = self.experts[int(seed)] = self.factory(self.env)
-                expert.reset(int(seed))
             newest = {k: v[row, -1] for k, v in obs.items()}  # one step, as collect feeds it
-            actions.append(np.asarray(expert(newest), dtype=np.float32))
+            actions.append(np.asarray(self.experts[int(seed)](newest), dtype=np.float32))
         return np.stack(actions)[:, None]  # (B, 1, Da)
 
     def close(self) -> None:
-        self.env.close()
+        self.experts.clear()
 
 
 class RandomPolicy:

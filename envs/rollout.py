@@ -8,8 +8,11 @@ arrays, so the same loop evaluates a diffusion policy, an expert or a random bas
 
 The policy also receives the seed of each batch row, so a stochastic policy can draw its noise
 per episode: an episode's result then depends on its seed only, not on which other episodes
-share the batch. An environment that raises, or returns a non-finite observation, ends that
-episode as failed with the reason in ``EpisodeResult.error``; the other episodes go on.
+share the batch. A policy with an ``episode_started(seed, env)`` method is told each episode's
+env right after its reset (a scripted expert builds itself on it). An environment that raises,
+returns a non-finite observation, or reports ``info["failure"]`` (a physics blow-up, say) ends
+that episode as failed with the reason in ``EpisodeResult.error``; the other episodes go on.
+Frames are kept for the first ``n_videos`` episodes only, whatever the envs' render modes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ log = logging.getLogger(__name__)
 
 # (obs {key: (B, To, ...)}, seeds (B,)) -> actions (B, >= Ta, Da)
 PolicyFn = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
+
+
+class EnvFailure(RuntimeError):
+    """The environment reported ``info["failure"]``: its episode ends as failed."""
 
 
 @dataclass
@@ -110,7 +117,9 @@ def rollout(
         # before the first step there is no past: repeat the first observation To times
         history.append(deque([obs] * n_obs_steps, maxlen=n_obs_steps))
         active.append(i)
-        if env.render_mode == "rgb_array":
+        if hasattr(policy, "episode_started"):
+            policy.episode_started(int(seed), env)
+        if i < n_videos:
             res.frames.append(env.render())
     t_policy = 0.0
     while active:
@@ -139,6 +148,8 @@ def rollout(
                     obs = _checked(flatten_obs(obs))
                     if not np.isfinite(reward):
                         raise FloatingPointError(f"non-finite reward {reward}")
+                    if info.get("failure"):
+                        raise EnvFailure(str(info["failure"]))
                 except Exception as e:  # noqa: BLE001 -- reported per episode, see _fail
                     _fail(res, f"step {res.steps}", e)
                     done = True
@@ -149,7 +160,7 @@ def rollout(
                 res.max_reward = max(res.max_reward, float(reward))
                 res.final_reward = float(reward)
                 res.success = res.success or is_success(info, success_key)
-                if env.render_mode == "rgb_array":
+                if i < n_videos:
                     res.frames.append(env.render())
                 if terminated or truncated:
                     done = True

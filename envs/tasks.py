@@ -210,7 +210,8 @@ def task_from_env_id(
 
 def make_env(spec: TaskSpec, obs_keys: Iterable[str] = (), render: bool = False) -> gym.Env:
     """Build the task's environment, asking it to emit ``obs_keys`` (see ``key_kwargs``);
-    ``render=True`` adds ``render_mode="rgb_array"`` at the task's video size."""
+    ``render=True`` adds ``render_mode="rgb_array"`` at the task's video size, otherwise the
+    env is made without a render mode."""
     import_modules(spec.env_imports)
     if spec.env_id not in gym.registry:
         raise UnknownTaskError(
@@ -226,6 +227,10 @@ def make_env(spec: TaskSpec, obs_keys: Iterable[str] = (), render: bool = False)
         kwargs["render_mode"] = "rgb_array"
         if spec.video_size is not None:
             kwargs.update({name: spec.video_size for name in spec.video_size_kwargs})
+    elif "render_mode" in kwargs or gym.spec(spec.env_id).kwargs.get("render_mode") is not None:
+        # rendering is off unless asked for, whatever the id registers by default (gym-pusht's
+        # PushT-v0 registers rgb_array, and some envs then draw a frame at every step)
+        kwargs["render_mode"] = None
     try:
         return gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps, **kwargs)
     except TypeError as e:

@@ -9,6 +9,7 @@ from dplite.envs import EVAL_SEED_START
 from dplite.envs.baselines import ExpertPolicy, RandomPolicy, evaluate_baseline, make_baseline
 from dplite.envs.tasks import get_task
 from tests.toy_envs import TOY_TASK as TOY  # importing it also registers ToyReach-v0
+from tests.toy_envs import ToyReachExpert
 
 SEEDS = [EVAL_SEED_START + i for i in range(10)]
 
@@ -80,3 +81,17 @@ def test_baselines_refuse_what_they_cannot_do():
 
     with pytest.raises(ValueError, match="bounded Box action space"):
         RandomPolicy(spaces.Box(-np.inf, np.inf, (2,)))
+
+
+def test_the_expert_is_built_on_its_episodes_own_env():
+    """The expert factory gets the env of the episode it will act in, after its reset."""
+    from dplite.envs.evaluate import evaluate_policy
+
+    seen = []
+
+    def factory(env):
+        seen.append(env.unwrapped.seed_)  # the episode's env, already reset with its seed
+        return ToyReachExpert(env)
+
+    evaluate_policy(ExpertPolicy(factory), TOY, SEEDS[:3])
+    assert seen == SEEDS[:3]

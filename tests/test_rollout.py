@@ -106,3 +106,65 @@ def test_max_reward_of_negative_rewards_is_the_largest_one():
     (r,) = rollout(lambda o, s: np.full((1, 1, 1), 0.1), lambda r: Negative(horizon=3), [2], 1, 1)
     assert r.max_reward == pytest.approx(0.3 / 5 - 10.0)  # the last step's, not 0
     assert summarize([r])["mean_max_reward"] == pytest.approx(r.max_reward)
+
+
+class CountingRender(CountEnv):
+    """Counts render() calls; reports info["failure"] at `fail_step` of seed `fail_seed`."""
+
+    renders = 0
+
+    def __init__(self, render_mode="rgb_array", horizon=20, fail_seed=None, fail_step=3):
+        super().__init__(render_mode, horizon)
+        self.fail_seed, self.fail_step = fail_seed, fail_step
+
+    def reset(self, seed=None, options=None):
+        self.seed_ = seed
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, term, trunc, info = super().step(action)
+        if self.seed_ == self.fail_seed and self.t == self.fail_step:
+            info = {**info, "failure": "cube left the table"}
+        return obs, reward, term, trunc, info
+
+    def render(self):
+        CountingRender.renders += 1
+        return super().render()
+
+
+def test_only_the_episodes_asked_for_are_filmed_whatever_the_render_mode():
+    CountingRender.renders = 0
+    policy = lambda o, s: np.full((len(o["x"]), 1, 1), 1.0)  # noqa: E731
+    results = rollout(policy, lambda r: CountingRender(horizon=4), [0, 1, 2], 1, 1, n_videos=0)
+    assert CountingRender.renders == 0 and not any(r.frames for r in results)
+    results = rollout(policy, lambda r: CountingRender(horizon=4), [0, 1, 2], 1, 1, n_videos=1)
+    assert len(results[0].frames) == results[0].steps + 1 and not results[1].frames
+    assert CountingRender.renders == results[0].steps + 1
+
+
+def test_info_failure_ends_the_episode_as_an_error():
+    policy = lambda o, s: np.full((len(o["x"]), 1, 1), 0.1)  # noqa: E731
+    make = lambda r: CountingRender(horizon=10, fail_seed=5, fail_step=3)  # noqa: E731
+    failed, healthy = rollout(policy, make, [5, 6], 1, 1)
+    assert failed.steps == 2 and not failed.success
+    assert failed.error == "step 2: EnvFailure: cube left the table"
+    assert healthy.error is None and healthy.steps == 10
+    assert summarize([failed, healthy])["errors"] == [{"seed": 5, "error": failed.error}]
+
+
+def test_a_policy_hears_of_each_episode_start_with_its_own_env():
+    made, started = [], []
+
+    class Policy:
+        def episode_started(self, seed, env):
+            started.append((seed, env, env.t))  # called right after the reset: t == 0
+
+        def __call__(self, o, s):
+            return np.full((len(o["x"]), 1, 1), 1.0)
+
+    def make(render):
+        made.append(CountEnv(horizon=3))
+        return made[-1]
+
+    rollout(Policy(), make, [4, 9], 1, 1)
+    assert started == [(4, made[0], 0), (9, made[1], 0)]

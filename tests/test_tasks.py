@@ -132,3 +132,33 @@ def test_env_options_parse_from_the_command_line():
     opts = cfg.env
     assert (opts.env_id, opts.env_import, opts.kwargs()) == ("X-v0", ("a", "b.c"), {"k": [1, 2]})
     assert (opts.success_key, opts.max_episode_steps) == ("solved", 9)
+
+
+def test_headless_gl_is_egl_only_on_a_linux_machine_without_a_display():
+    from dplite.envs import headless_gl
+
+    assert headless_gl("linux", {}) == "egl"
+    assert headless_gl("linux", {"DISPLAY": ":0"}) is None
+    assert headless_gl("linux", {"WAYLAND_DISPLAY": "wayland-0"}) is None
+    assert headless_gl("linux", {"MUJOCO_GL": "osmesa"}) is None  # the user's choice stays
+    assert headless_gl("darwin", {}) is None  # macOS renders with its own backend
+    assert headless_gl("win32", {}) is None
+
+
+def test_rendering_is_off_unless_asked_whatever_the_registered_default():
+    import gymnasium as gym
+
+    from dplite.envs.tasks import TaskSpec, make_env
+
+    if "ToyReachRendered-v0" not in gym.registry:
+        gym.register(
+            "ToyReachRendered-v0",
+            entry_point="tests.toy_envs:ToyReach",
+            max_episode_steps=5,
+            kwargs={"render_mode": "rgb_array"},  # as gym-pusht's PushT-v0 registers
+        )
+    spec = TaskSpec(name="rendered", env_id="ToyReachRendered-v0", env_imports=("tests.toy_envs",))
+    assert make_env(spec).unwrapped.render_mode is None
+    assert make_env(spec, render=True).unwrapped.render_mode == "rgb_array"
+    plain = spec.replace(env_id="ToyReach-v0")  # registers no render_mode: none is passed
+    assert make_env(plain).unwrapped.render_mode is None
