@@ -7,13 +7,23 @@
 On a script that starts from something that already knows its environment (eval from a
 checkpoint, train from a dataset recorded by scripts.collect), the options override it: --task
 or --env-id replace the environment, the others change the one recorded there.
+
+``run_command`` is how every ``dp-*`` command starts: it parses the command's Config and runs
+its main, turning a refusal of bad input (a ValueError: unknown task, malformed dataset, shape
+mismatch, refused resume, ...; a missing or existing path) into one line on stderr and exit
+status 2. Other exceptions are bugs and keep their traceback; so does any error when the
+environment variable DPLITE_TRACEBACK is set.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import tyro
 
@@ -95,3 +105,28 @@ class EnvOptions:
 
 # Nested in each script's Config without a prefix: the flags read --task, --env-id, ...
 EnvArgs = Annotated[EnvOptions, tyro.conf.OmitArgPrefixes]
+
+
+C = TypeVar("C")
+
+# what a user's mistake raises (the project's boundary checks raise ValueError subclasses)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def run_command(
+    main: Callable[[C], Any],
+    config: type[C],
+    prog: str,
+    args: Sequence[str] | None = None,
+    description: str | None = None,
+) -> Any:
+    """Parse ``config`` from the command line (or ``args``) and return ``main(cfg)``; a bad
+    input ends the process with ``prog: error: <message>`` and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return main(tyro.cli(config, args=args, description=description, prog=prog))
+    except USER_ERRORS as e:
+        if os.environ.get("DPLITE_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import tyro
-
 from dplite import envs
 from dplite.envs.evaluate import evaluate_policy, pool
-from dplite.envs.options import EnvArgs, EnvOptions
+from dplite.envs.options import EnvArgs, EnvOptions, run_command
 from dplite.envs.tasks import task_from_metadata
 from dplite.envs.video import write_video
 from dplite.policy.actor import PolicyActor
@@ -151,8 +149,7 @@ def _fmt(x: float | None) -> str:
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    main(tyro.cli(Config))
+    run_command(main, Config, "dp-eval")
 
 
 if __name__ == "__main__":
