@@ -7,28 +7,20 @@
         --env-kwargs '{"continuing_task": false}' \
         --expert examples.pointmaze_expert:make_expert --episodes 300 --out outputs/data/maze.zarr
 
-The expert protocol. ``--expert MODULE:CALLABLE`` (default: the task's expert) names a factory
-that is called once with the environment and returns an object with
+The expert (``--expert MODULE:CALLABLE``, default the task's own) follows the protocol of
+envs.collect, which runs the episodes: one per seed, reproducible from the seed alone, with the
+DART noise of ``--action-noise`` executed but not stored. Seeds run upward from
+``--seed-start`` (default ``envs.DEMO_SEED_START``) and must stay below
+``envs.EVAL_SEED_START``, so demonstrations never see an evaluation start. Failed episodes (no
+success reported in ``info``) are skipped unless ``--keep-failed``. Running the command again on
+an existing dataset resumes after the largest recorded seed until ``--episodes`` episodes are
+stored.
 
-    reset(seed: int) -> None          called right after env.reset(seed=seed): draw the
-                                      episode's mode from a generator seeded by `seed`
-    __call__(obs: dict) -> action     obs flattened as the dataset stores it (envs.tasks:
-                                      a Box is "state", a dict gives one key per leaf)
-    mode: str                         optional: the episode's strategy, recorded per episode
-
-Seeds run upward from ``--seed-start`` (default ``envs.DEMO_SEED_START``) and must stay below
-``envs.EVAL_SEED_START``, so demonstrations never see an evaluation start. Each seed gives one
-episode, reproducible from the seed alone. Failed episodes (no success reported in ``info``)
-are skipped unless ``--keep-failed``. Running the command again on an existing dataset resumes
-after the largest recorded seed until ``--episodes`` episodes are stored.
-
-Timing convention (Chi et al. 2023): row t holds the observation at step t (before acting) and
-the action taken at step t. Stored keys: ``action`` (float32) and every observation key the
-environment emits (floats as float32; images stay uint8). With ``--action-noise`` the env
-executes a perturbed action while the stored action stays the expert's (DART). The dataset's
-attributes record the task (``env``: the TaskSpec as a dict), so ``scripts.train`` knows its
-environment. Per-episode meta: seed, success (0/1), expert_mode (index into the dataset
-attribute ``expert_modes``).
+Stored keys: ``action`` (float32) and every observation key the environment emits, in the
+timing convention of envs.collect. The dataset's attributes record the task (``env``: the
+TaskSpec as a dict, so ``scripts.train`` knows its environment), the expert, the noise and the
+seeds. Per-episode meta: seed, success (0/1), expert_mode (index into the dataset attribute
+``expert_modes``).
 """
 
 from __future__ import annotations
@@ -40,29 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-import numpy as np
-import tyro
-from gymnasium import spaces
 from tqdm import tqdm
 
 from dplite.data.replay_buffer import ReplayBuffer
 from dplite.envs import DEMO_SEED_START, EVAL_SEED_START
-from dplite.envs.options import EnvArgs, EnvOptions
-from dplite.envs.tasks import (
-    DEFAULT_TASK,
-    TaskSpec,
-    flatten_obs,
-    get_task,
-    is_success,
-    load_callable,
-    make_env,
-    output_name,
-)
+from dplite.envs.collect import ExpertEpisodes, dataset_attrs, resume_seed
+from dplite.envs.options import EnvArgs, EnvOptions, run_command
+from dplite.envs.tasks import DEFAULT_TASK, TaskSpec, get_task, output_name
 
 log = logging.getLogger(__name__)
-
-_NOISE_STREAM = 0xD4A7
 
 
 @dataclass
@@ -102,61 +80,11 @@ class Config:
             raise ValueError(f"Config.action_noise={self.action_noise}, expected >= 0")
 
 
-def run_episode(
-    env: gym.Env, expert: Any, seed: int, spec: TaskSpec, action_noise: float = 0.0
-) -> tuple[dict[str, np.ndarray], bool]:
-    """One expert episode from ``seed``: ({key: (L, ...)} rows, success).
-
-    With ``action_noise`` > 0 the env executes the stored action plus Gaussian noise drawn
-    from a generator seeded by ``seed`` (so the episode stays reproducible).
-    """
-    noise_rng = np.random.default_rng([seed, _NOISE_STREAM])
-    obs = flatten_obs(env.reset(seed=seed)[0])
-    expert.reset(seed)
-    box = env.action_space
-    rows: dict[str, list[np.ndarray]] = {"action": []}
-    success = False
-    while True:
-        action = np.asarray(expert(obs), dtype=np.float32)
-        if action.shape != box.shape or not np.isfinite(action).all():
-            raise ValueError(
-                f"expert returned action {action!r} of shape {action.shape} at seed {seed}; "
-                f"the env {spec.env_id!r} takes finite actions of shape {box.shape}"
-            )
-        rows["action"].append(action)
-        for k, v in obs.items():
-            rows.setdefault(k, []).append(v.astype(np.float32) if v.dtype.kind == "f" else v)
-        executed = action
-        if action_noise > 0:
-            noise = noise_rng.normal(0.0, action_noise, size=action.shape).astype(np.float32)
-            executed = action + noise
-            if isinstance(box, spaces.Box):
-                executed = np.clip(executed, box.low, box.high).astype(np.float32)
-        obs, _, terminated, truncated, info = env.step(executed)
-        obs = flatten_obs(obs)
-        success = success or is_success(info, spec.success_key)
-        if terminated or truncated:
-            break
-    return {k: np.stack(v) for k, v in rows.items()}, success
-
-
 def _open_or_create(cfg: Config, spec: TaskSpec, expert: str) -> tuple[ReplayBuffer, int]:
     """The dataset to append to and the next seed to try."""
     if not cfg.out.exists():
         rb = ReplayBuffer.create(cfg.out)
-        rb.attrs.update(
-            {
-                "task": spec.name,
-                "env": spec.to_dict(),
-                "images": cfg.images,
-                "expert": expert,
-                "expert_modes": [],
-                "max_episode_steps": spec.max_episode_steps,
-                "action_noise": cfg.action_noise,
-                "seed_start": cfg.seed_start,
-                "next_seed": cfg.seed_start,
-            }
-        )
+        rb.attrs.update(dataset_attrs(spec, expert, cfg.images, cfg.action_noise, cfg.seed_start))
         return rb, cfg.seed_start
     rb = ReplayBuffer.open(cfg.out, mode="a")
     attrs = dict(rb.attrs)
@@ -171,36 +99,20 @@ def _open_or_create(cfg: Config, spec: TaskSpec, expert: str) -> tuple[ReplayBuf
             f"{cfg.out}: images={attrs.get('images')} in the dataset but --images={cfg.images}; "
             "resume with the same setting or write a new dataset"
         )
-    next_seed = int(attrs.get("next_seed", cfg.seed_start))
-    if rb.n_episodes > 0:
-        next_seed = max(next_seed, int(rb.get_meta("seed").max()) + 1)
-    return rb, next_seed
+    seeds = rb.get_meta("seed") if rb.n_episodes else []
+    return rb, resume_seed(attrs, seeds, cfg.seed_start)
 
 
 def main(cfg: Config) -> dict[str, Any]:
-    """Fill ``cfg.out`` up to ``cfg.episodes`` episodes; returns a summary dict."""
+    """Fill ``cfg.out`` up to ``cfg.episodes`` episodes; returns a summary dict (out,
+    episodes, added, tried, success_rate, steps, steps_per_s, modes)."""
     spec = cfg.env.resolve(base=get_task(DEFAULT_TASK))
     if cfg.out is None:
         cfg.out = Path("outputs/data") / f"{output_name(spec)}.zarr"
-    expert_ref = cfg.expert or spec.expert
-    if expert_ref is None:
-        raise ValueError(
-            f"task {spec.name!r} has no scripted expert; pass --expert MODULE:CALLABLE"
-        )
-    factory = load_callable(expert_ref, "--expert")
-    keys = list(spec.image_keys) if cfg.images else []
-    if cfg.images and not keys:
-        raise ValueError(f"--images: task {spec.name!r} has no camera keys (TaskSpec.image_keys)")
-    rb, seed = _open_or_create(cfg, spec, expert_ref)
+    source = ExpertEpisodes(spec, cfg.expert, cfg.images, cfg.action_noise)
+    rb, seed = _open_or_create(cfg, spec, source.expert_ref)
+    source.modes = list(rb.attrs.get("expert_modes", []))
     stored_before = rb.n_episodes
-    env = make_env(spec, obs_keys=keys)
-    expert = factory(env)
-    # an expert that names its modes up front (a MODES tuple) gets stable indices
-    mode_names: list[str] = list(rb.attrs.get("expert_modes", [])) or list(
-        getattr(expert, "MODES", [])
-    )
-    if mode_names:
-        rb.attrs["expert_modes"] = mode_names
     modes: Counter[str] = Counter()
     tried = succeeded = steps = 0
     t0 = time.perf_counter()
@@ -209,37 +121,26 @@ def main(cfg: Config) -> dict[str, Any]:
         disable=not cfg.progress, desc="collect",
     )  # fmt: skip
     try:
-        while rb.n_episodes < cfg.episodes:
-            if seed >= EVAL_SEED_START:
-                raise ValueError(
-                    f"{cfg.out}: next demonstration seed {seed} reaches the evaluation seeds "
-                    f"({EVAL_SEED_START}+); stored {rb.n_episodes} of {cfg.episodes} episodes"
-                )
-            episode, success = run_episode(env, expert, seed, spec, cfg.action_noise)
-            tried += 1
-            steps += len(episode["action"])
-            mode = str(getattr(expert, "mode", "default"))
-            modes[mode] += 1
-            succeeded += int(success)
-            if success or cfg.keep_failed:
-                if mode not in mode_names:
-                    mode_names.append(mode)
-                    rb.attrs["expert_modes"] = mode_names
-                meta = {
-                    "seed": seed,
-                    "success": int(success),
-                    "expert_mode": mode_names.index(mode),
-                }
-                rb.add_episode(episode, episode_meta=meta)
-                bar.update(1)
-            seed += 1
-            rb.attrs["next_seed"] = seed
-            bar.set_postfix(success=f"{succeeded / tried:.2f}", seed=seed - 1)
+        with source:
+            for ep in source.episodes(seed) if rb.n_episodes < cfg.episodes else ():
+                tried += 1
+                steps += len(ep.data["action"])
+                modes[ep.mode] += 1
+                succeeded += int(ep.success)
+                if ep.success or cfg.keep_failed:
+                    rb.add_episode(ep.data, episode_meta=ep.meta)
+                    bar.update(1)
+                rb.attrs.update({"expert_modes": source.modes, "next_seed": ep.seed + 1})
+                bar.set_postfix(success=f"{succeeded / tried:.2f}", seed=ep.seed)
+                if rb.n_episodes >= cfg.episodes:
+                    break
+    except ValueError as e:
+        raise ValueError(f"{cfg.out}: {e}; stored {rb.n_episodes} of {cfg.episodes}") from e
     finally:
         bar.close()
-        env.close()
     elapsed = time.perf_counter() - t0
     return {
+        "out": str(cfg.out),
         "episodes": rb.n_episodes,
         "added": rb.n_episodes - stored_before,
         "tried": tried,
@@ -251,11 +152,9 @@ def main(cfg: Config) -> dict[str, Any]:
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = tyro.cli(Config)
-    s = main(cfg)
+    s = run_command(main, Config, "dp-collect")
     print(
-        f"{cfg.out}: {s['episodes']} episodes (+{s['added']}) | tried {s['tried']} | "
+        f"{s['out']}: {s['episodes']} episodes (+{s['added']}) | tried {s['tried']} | "
         f"success {s['success_rate']:.3f} | {s['steps']} steps | {s['steps_per_s']:.0f} steps/s"
     )
     if s["modes"]:

@@ -29,20 +29,15 @@ from typing import Literal
 import matplotlib
 import numpy as np
 import torch
-import tyro
 
 matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dplite import envs  # noqa: E402
+from dplite.envs.options import run_command  # noqa: E402
 from dplite.envs.pusht import WORKSPACE  # noqa: E402
-from dplite.envs.tasks import (  # noqa: E402
-    TaskSpec,
-    flatten_obs,
-    make_env,
-    task_from_metadata,  # noqa: E402
-)
-from dplite.policy.checkpoint import find_policy_dir  # noqa: E402
+from dplite.envs.tasks import TaskSpec, flatten_obs, make_env, task_from_metadata  # noqa: E402
+from dplite.policy.checkpoint import atomic_file, find_policy_dir  # noqa: E402
 from dplite.policy.device import resolve_device  # noqa: E402
 from dplite.policy.diffusion import DiffusionPolicy  # noqa: E402
 
@@ -218,9 +213,11 @@ def draw(panels: Panels, out: Path, title: str) -> Path:
         ax.set_title(_panel_title(step, panels), fontsize=9)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)  # no bbox_inches="tight": the size stays n * 320 x 340 px
-    plt.close(fig)
+    try:
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp)  # no bbox_inches="tight": the size stays n * 320 x 340 px
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -259,8 +256,7 @@ def main(cfg: Config) -> Path:
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    main(tyro.cli(Config))
+    run_command(main, Config, "dp-visualize")
 
 
 if __name__ == "__main__":

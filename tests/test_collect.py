@@ -1,5 +1,6 @@
 """dplite.scripts.collect: a short run writes a valid dataset in the timing convention and resumes."""
 
+import itertools
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -10,6 +11,7 @@ import tyro
 
 from dplite.data.replay_buffer import ReplayBuffer
 from dplite.envs import EVAL_SEED_START
+from dplite.envs.collect import ExpertEpisodes
 from dplite.envs.experts import PushTExpert, expert_rng
 from dplite.envs.pusht import PushTEnv
 from dplite.scripts.collect import Config, main
@@ -114,3 +116,23 @@ def test_cli_flags_parse():
     assert (cfg.episodes, cfg.images, cfg.keep_failed, cfg.seed_start, cfg.progress) == (
         7, True, True, 5, False,
     )  # fmt: skip
+
+
+def test_expert_episodes_are_numpy_and_reproducible_from_their_seed():
+    """envs.collect alone (no dataset): one episode per seed upward, the same again from the
+    seed, DART noise included; never an evaluation seed."""
+    from tests.toy_envs import TOY_TASK
+
+    with ExpertEpisodes(TOY_TASK, action_noise=0.1) as source:
+        episodes = list(itertools.islice(source.episodes(5), 2))
+    assert [e.seed for e in episodes] == [5, 6] and all(e.success for e in episodes)
+    first = episodes[0]
+    assert sorted(first.data) == ["action", "pos", "target_xy"]
+    assert first.data["action"].dtype == np.float32
+    assert len({len(v) for v in first.data.values()}) == 1  # one row per step
+    assert first.meta == {"seed": 5, "success": 1, "expert_mode": source.modes.index(first.mode)}
+    with ExpertEpisodes(TOY_TASK, action_noise=0.1) as again:
+        replay = next(again.episodes(6))
+    np.testing.assert_array_equal(replay.data["pos"], episodes[1].data["pos"])
+    with ExpertEpisodes(TOY_TASK) as source, pytest.raises(ValueError, match="evaluation seeds"):
+        next(source.episodes(EVAL_SEED_START))

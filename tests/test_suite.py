@@ -1,7 +1,9 @@
 """dplite.scripts.suite --quick on the toy task: data, training, evaluation of every method, the
-inference-steps sweep, the leaderboard and the plots; then a second run that redoes nothing."""
+inference-steps sweep, the leaderboard and the plots; then a second run that redoes nothing,
+and runs with changed settings that are refused before any work."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import tyro
 
 from dplite.envs.tasks import register_task
 from dplite.scripts import suite
+from dplite.scripts.suite import pipeline, report, settings
 from tests.toy_envs import TOY_TASK as TOY  # importing it also registers ToyReach-v0
 
 
@@ -18,11 +21,25 @@ def run(out, *extra):
     return suite.main(tyro.cli(suite.Config, args=args))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny networks: one torch thread here and in the training subprocesses (several threads
+    on a busy machine's shared cores cost far more than they give)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(threads)
+
+
 def _boom(*args, **kwargs):
     raise AssertionError("a resumed suite redid finished work")
 
 
-def test_quick_suite_writes_the_leaderboard_and_plots_and_resumes(tmp_path, monkeypatch):
+def test_quick_suite_writes_the_leaderboard_and_plots_and_resumes(
+    tmp_path, monkeypatch, capsys, one_thread
+):
     register_task(TOY, overwrite=True)
     first = run(tmp_path)
 
@@ -32,7 +49,7 @@ def test_quick_suite_writes_the_leaderboard_and_plots_and_resumes(tmp_path, monk
     for method in ("diffusion", "mse"):
         for seed in (0, 1):
             run_dir = tmp_path / "runs" / "toy_reach" / method / f"seed{seed}"
-            assert suite.finished_step(run_dir) == 2
+            assert pipeline.finished_step(run_dir) == 2
     rows = {(r["method"], r["train_seed"]): r for r in first["rows"]}
     assert list(rows) == [("diffusion", 0), ("diffusion", 1), ("mse", 0), ("mse", 1),
                           ("expert", None), ("random", None)]  # fmt: skip
@@ -58,26 +75,73 @@ def test_quick_suite_writes_the_leaderboard_and_plots_and_resumes(tmp_path, monk
         png = tmp_path / "plots" / f"toy_reach_{kind}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"](plots/{png.name})" in md
     sweep = tmp_path / "results" / "toy_reach" / "diffusion_sweep"
-    assert sorted(p.name for p in sweep.iterdir()) == [
-        "seed0_ddim1.json", "seed0_ddim2.json", "seed1_ddim1.json", "seed1_ddim2.json",
+    assert sorted(p.name for p in sweep.glob("*.json")) == [
+        "seed0_ddim1.json", "seed0_ddim1.settings.json", "seed0_ddim2.json",
+        "seed0_ddim2.settings.json", "seed1_ddim1.json", "seed1_ddim1.settings.json",
+        "seed1_ddim2.json", "seed1_ddim2.settings.json",
     ]  # fmt: skip
+    # each stage recorded what it ran with beside its output
+    record = json.loads(
+        (tmp_path / "runs" / "toy_reach" / "mse" / "seed1.settings.json").read_text()
+    )
+    assert record["stage"] == "toy_reach/mse/seed1: train"
+    assert record["settings"]["train_flags"]["objective"] == "mse"
+    assert record["settings"]["data"]["episodes"] == 3
+    assert "-m dplite.scripts.train" in record["info"]["command"]
+    data = json.loads((tmp_path / "data" / "toy_reach.settings.json").read_text())["settings"]
+    assert (data["action_noise"], data["env"]["env_id"]) == (0.0, "ToyReach-v0")
 
     # a second run finds everything done: no worker may be called, no file is rewritten
     work = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()}
     work |= {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*") if p.is_file()}
-    for target in ("dplite.scripts.train.main", "dplite.scripts.collect.main"):
-        monkeypatch.setattr(target, _boom)
-    monkeypatch.setattr(suite, "evaluate_policy", _boom)
-    monkeypatch.setattr(suite, "evaluate_baseline", _boom)
+    work |= {p: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    for name in ("train", "collect", "evaluate_learned", "evaluate_baseline"):
+        monkeypatch.setattr(pipeline.Suite, name, _boom)
+    monkeypatch.setattr(pipeline, "evaluate_policy", _boom)
+    monkeypatch.setattr(pipeline, "evaluate_baseline", _boom)
     second = run(tmp_path)
     assert second["ran"] == [] and second["skipped"] == first["ran"]
     assert second["rows"] == first["rows"]
     assert {p: p.stat().st_mtime_ns for p in work} == work
 
-    # ... and redoes exactly what is missing
+    # changed settings: refused before any work, naming every stage and field that differ
+    with pytest.raises(settings.SettingsMismatch) as refused:
+        run(tmp_path, "--action-noise", "0.5")
+    msg = str(refused.value)
+    assert "toy_reach: collect" in msg and "action_noise: 0.0 -> 0.5" in msg
+    assert "train.data.action_noise: 0.0 -> 0.5" in msg  # and every result downstream
+    assert "toy_reach/expert: evaluate" not in msg  # the baselines do not use the data
+    assert "a new --out" in msg and f"rm -r {tmp_path / 'data' / 'toy_reach.zarr'}" in msg
+    # ... through the command line: one error line (and the fields), exit status 2
+    args = ["dp-suite", "--tasks", "toy_reach", "--out", str(tmp_path), "--quick",
+            "--no-progress", "--train-steps", "3"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(SystemExit) as exit_:
+        suite.cli()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("dp-suite: error: ")
+    assert "toy_reach/mse/seed1: train" in err and "train_flags.steps: 2 -> 3" in err
+    assert {p: p.stat().st_mtime_ns for p in work} == work
+
+    # ... and redoes exactly what is missing; a record without its output is replaced
     monkeypatch.undo()
-    (tmp_path / "results" / "toy_reach" / "random" / "untrained.json").unlink()
+    untrained = tmp_path / "results" / "toy_reach" / "random" / "untrained.json"
+    untrained.unlink()
+    stale = untrained.with_name("untrained.settings.json")
+    stale.write_text(json.dumps({"stage": "old", "settings": {"episodes": 7}}))
     assert run(tmp_path)["ran"] == ["toy_reach/random: evaluate"]
+    assert json.loads(stale.read_text())["settings"]["episodes"] == 2
+
+
+def test_settings_differences_name_nested_fields():
+    old = {"a": 1, "train": {"flags": {"steps": 2, "seed": 0}}, "gone": True}
+    new = {"a": 1, "train": {"flags": {"steps": 3, "seed": 0}}, "added": [1, 2]}
+    assert settings.differences(old, new) == [
+        "train.flags.steps: 2 -> 3",
+        "gone: true -> (not set)",
+        "added: (not recorded) -> [1, 2]",
+    ]
+    assert settings.differences(old, old) == []
 
 
 def test_training_time_adds_up_log_intervals_across_a_resume(tmp_path):
@@ -90,7 +154,7 @@ def test_training_time_adds_up_log_intervals_across_a_resume(tmp_path):
         {"step": 400, "loss": 0.7, "it_s": 25.0},
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    t = suite.training_time(tmp_path)
+    t = report.training_time(tmp_path)
     assert t["train_time_s"] == pytest.approx(100 / 10 + 100 / 20 + 100 / 50 + 100 / 25)
     assert t["train_steps"] == 400 and t["train_rollout_eval_s"] == 5.0
 

@@ -6,6 +6,9 @@ inference-steps trade-off of the diffusion policy.
   different quantities (noise MSE vs chunk MSE): compare curves within a method, not across.
 * ``plot_inference_steps``: success rate (with its 95 % CI) and batch-1 latency against the
   number of network evaluations per action chunk, for DDIM k = 1 ... and DDPM k = K.
+
+``read_metrics`` and ``last_per_step`` read a run's metrics.jsonl (the report's training time
+uses them too).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
+
+from dplite.policy.checkpoint import atomic_file  # noqa: E402
 
 # one colour family per method, a shade per training seed
 METHOD_CMAPS = {"diffusion": "Blues", "mse": "Oranges"}
@@ -128,11 +133,11 @@ def plot_inference_steps(results: Sequence[dict], out: Path, title: str) -> Path
 
 
 def _save(fig: plt.Figure, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)  # never a half-written figure under the final name
+    try:
+        with atomic_file(out) as tmp:  # never a half-written figure under the final name
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return out
 
 

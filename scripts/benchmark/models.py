@@ -1,0 +1,166 @@
+"""Policy benchmarks of dp-benchmark: predict_action latency ("inference"), image policies
+("vision") and the training step ("train"), on PushT-shaped random inputs (weights do not
+change the cost)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.fast_layers import fast_paths_disabled
+from dplite.policy.timing import median_ms
+
+# the reference PushT low-dim setting: keypoints (9, 2) + agent position, To = 2 -> cond 40
+OBS_SHAPES = {"keypoint": (9, 2), "agent_pos": (2,)}
+SIZES = {"65.8M": (256, 512, 1024), "5.4M": (64, 128, 256)}
+LATENCY_TARGET_MS = {
+    ("65.8M", 1, "ddim", 10): 120.0,
+    ("5.4M", 1, "ddim", 10): 15.0,
+    ("65.8M", 1, "consistency", 1): 25.0,
+    ("5.4M", 1, "consistency", 1): 10.0,
+}
+
+
+def _policy(down_dims, distilled: bool = False) -> DiffusionPolicy:
+    """A PushT-shaped policy; `distilled`: its consistency-distilled form (same network)."""
+    grid = tuple(range(90, -1, -10))
+    extra = dict(consistency_timesteps=grid, sampler="consistency", num_inference_steps=1)
+    cfg = PolicyConfig(
+        obs_shapes=OBS_SHAPES, action_dim=2, down_dims=down_dims, **(extra if distilled else {})
+    )
+    return DiffusionPolicy(cfg)
+
+
+def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
+    """predict_action latency: DDIM 10 and DDPM 100 of a trained policy, and 1 and 2 steps of
+    its consistency-distilled form (the same network; weights do not change the cost).
+
+    Modes: "eager" is predict_action as shipped (with the fast layers); "plain" the same call
+    with every fast path off (policy.fast_layers.fast_paths_disabled: the nn layers alone, the
+    baseline; batch 1, not DDPM); on CUDA, "graph" replays the loop as a CUDA graph
+    (DiffusionPolicy.use_cuda_graphs), captured in the warm-up call."""
+    modes = (
+        ("plain", "eager", "graph") if torch.device(device).type == "cuda" else ("plain", "eager")
+    )
+    rows = []
+    for name, dims in SIZES.items():
+        policies = {
+            "diffusion": _policy(dims).to(device).eval(),
+            "distilled": _policy(dims, distilled=True).to(device).eval(),
+        }
+        for batch in (1, 50):
+            obs = {k: torch.randn(batch, 2, *s, device=device) for k, s in OBS_SHAPES.items()}
+            for sampler, k in (("ddim", 10), ("ddpm", 100), ("consistency", 1), ("consistency", 2)):
+                policy = policies["distilled" if sampler == "consistency" else "diffusion"]
+                reps = repeats if k <= 10 or batch == 1 else max(1, repeats // 3)
+
+                def call(policy=policy, obs=obs, sampler=sampler, k=k):
+                    return policy.predict_action(obs, sampler, k)
+
+                for mode in modes:
+                    if mode == "plain" and (batch > 1 or sampler == "ddpm"):
+                        continue
+                    policy.use_cuda_graphs(mode == "graph")
+                    switch = fast_paths_disabled() if mode == "plain" else contextlib.nullcontext()
+                    with switch:
+                        ms = median_ms(call, reps, warmup=1)
+                    policy.use_cuda_graphs(False)
+                    rows.append(
+                        {
+                            "model": name,
+                            "batch": batch,
+                            "sampler": sampler,
+                            "k": k,
+                            "mode": mode,
+                            "ms": ms,
+                            "target_ms": LATENCY_TARGET_MS.get((name, batch, sampler, k)),
+                        }
+                    )
+    return rows
+
+
+def bench_vision(repeats: int, steps: int, device: str = "cpu") -> list[dict]:
+    """Image policies in the PushT image setting (96 x 96 camera cropped to 84 + agent
+    position, To = 2, the training default 1.2 M UNet): predict_action at batch 1 (DDIM 10)
+    and training samples/s at batch 64, per camera backbone."""
+    from dplite.policy.encoders import CameraConfig
+
+    rows = []
+    dev = torch.device(device)
+    for backbone in ("small", "resnet18"):
+        cfg = PolicyConfig(
+            obs_shapes={"img": (96, 96, 3), "agent_pos": (2,)},
+            cameras={"img": CameraConfig(backbone=backbone, crop_size=(84, 84))},
+            action_dim=2,
+            down_dims=(32, 64, 128),
+            diffusion_step_embed_dim=64,
+        )
+        policy = DiffusionPolicy(cfg).to(dev)
+
+        def obs(batch: int) -> dict:
+            img = torch.randint(0, 256, (batch, 2, 96, 96, 3), dtype=torch.uint8, device=dev)
+            return {"img": img, "agent_pos": torch.randn(batch, 2, 2, device=dev)}
+
+        one = obs(1)
+        policy.eval()
+        latency = median_ms(lambda p=policy, o=one: p.predict_action(o, "ddim", 10), repeats)
+        policy.train()
+        opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+        batch = {"obs": obs(64), "action": torch.randn(64, 16, 2, device=dev)}
+
+        def step(policy=policy, opt=opt, batch=batch):
+            opt.zero_grad(set_to_none=True)
+            policy.compute_loss(batch).backward()
+            opt.step()
+
+        step_ms = median_ms(step, steps, warmup=1)
+        rows.append(
+            {
+                "backbone": backbone,
+                "params_M": sum(p.numel() for p in policy.parameters()) / 1e6,
+                "predict_ms_b1_ddim10": latency,
+                "train_step_ms_b64": step_ms,
+                "train_samples_per_s": 64 * 1000 / step_ms,
+            }
+        )
+    return rows
+
+
+def bench_train(steps: int, device: str = "cpu") -> list[dict]:
+    rows = []
+    batch_size = 256
+    dev = torch.device(device)
+    for name, dims in SIZES.items():
+        for amp in (False, True):
+            policy = _policy(dims).to(dev).train()
+            opt = torch.optim.AdamW(policy.net.parameters(), lr=1e-4)
+            batch = {
+                "obs": {
+                    k: torch.randn(batch_size, 2, *s, device=dev) for k, s in OBS_SHAPES.items()
+                },
+                "action": torch.randn(batch_size, 16, 2, device=dev),
+            }
+
+            def step(policy=policy, opt=opt, batch=batch, amp=amp):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = policy.compute_loss(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            ms = median_ms(step, steps, warmup=2)
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch_size,
+                    "precision": "bf16" if amp else "fp32",
+                    "ms_per_step": ms,
+                    "samples_per_s": batch_size / ms * 1000,
+                }
+            )
+    return rows
+
+
+__all__ = ["bench_inference", "bench_train", "bench_vision"]
