@@ -10,11 +10,18 @@ consistency distillation loss on the teacher's dataset (its metadata names it; -
 overrides), then written to --out as an ordinary policy folder (config.json +
 model.safetensors, the EMA of the student's weights) whose config marks it as distilled, so
 scripts.eval and predict_action sample it with sampler "consistency". --out must not exist yet;
-the folder is written under a temporary name and renamed into place when complete. Progress goes
-to <out>.tmp/metrics.jsonl and ends up in <out>/metrics.jsonl. At the end it reports the
+the folder is written under a temporary name and renamed into place when complete
+(policy.checkpoint.atomic_dir; a failed run leaves nothing). Progress goes to
+<out>.tmp/metrics.jsonl and ends up in <out>/metrics.jsonl. At the end it reports the
 teacher gap (policy/consistency.py: the mean |difference| between the 1-step chunk and the
 teacher's DDIM chunk from the same noise, on 512 windows; lower is better) and, with
 --eval-episodes > 0, rolls the 1-step student out on the seeds training-time checks use.
+
+The optimization is dplite.policy.training.TrainLoop, the loop scripts.train runs, with the
+distillation loss and the target network's update after each step. Random streams, seeded by
+--seed: torch.manual_seed before the student is built; per step, a numpy Generator draws the
+batch's window indices, then the loss draws its noise and grid positions from torch's global
+generator. The teacher gap uses streams of its own (seed + 1).
 """
 
 from __future__ import annotations
@@ -22,10 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,19 +36,17 @@ from typing import Literal
 import numpy as np
 import torch
 import tyro
-from tqdm import tqdm
 
 from dplite.data.dataset import WindowDataset
 from dplite.envs import EVAL_SEED_START
 from dplite.envs.evaluate import evaluate_policy
 from dplite.envs.tasks import task_from_metadata
 from dplite.policy.actor import PolicyActor
-from dplite.policy.checkpoint import CheckpointError, find_policy_dir
+from dplite.policy.checkpoint import CheckpointError, atomic_dir, find_policy_dir
 from dplite.policy.consistency import ConsistencyDistiller, ddim_grid, teacher_gap
 from dplite.policy.device import resolve_device
 from dplite.policy.diffusion import DiffusionPolicy
-from dplite.policy.ema import EMA
-from dplite.policy.training import warmup_cosine
+from dplite.policy.training import LoopConfig, TrainLoop
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +60,21 @@ class Config:
     dataset: Path | None = None
     """Zarr dataset to distill on (default: the one the teacher was trained on)."""
     steps: int = 14000
-    """Optimizer steps (PushT, 1.2 M UNet: about 27 min on a 2-core CPU; 20000 steps were no
-    better over 500 episodes, README)."""
+    """Optimizer steps (PushT, 1.2 M UNet: about 27 min on a 2-core CPU; more did not help,
+    docs/distillation.md)."""
     batch_size: int = 256
     lr: float = 1e-3
-    """Peak learning rate (warm-up, then cosine decay to 0). On PushT, 3000 steps at 1e-3 gave
-    0.90 1-step success on 20 check episodes, at 5e-4 (1500 steps) 0.65."""
+    """Peak learning rate (warm-up, then cosine decay to 0)."""
     warmup_steps: int = 100
     grid_steps: int = 10
     """N: the teacher's ODE is followed on the timesteps of a DDIM-N sample (90, 80, ..., 0 for
-    N = 10, K = 100); 1- and 2-step sampling start from the top one. On PushT N = 5 brought the
-    1-step chunk closer to the teacher's DDIM 5 chunk but rolled out no better (README)."""
+    N = 10, K = 100); 1- and 2-step sampling start from the top one."""
     target_decay: float = 0.95
     """mu, the decay of the target network's moving average of the student."""
     distance: Literal["l2", "huber"] = "huber"
     """Distance between the student's and the target's chunks: pseudo-Huber or squared error
-    (policy/consistency.py). On PushT at 14000 steps the pseudo-Huber 1-step student succeeded
-    in 0.92 of 500 episodes, the squared-error one in 0.87 (README)."""
+    (policy/consistency.py); pseudo-Huber weighs a few far-off chunks less, and rolled out
+    better on PushT (docs/distillation.md)."""
     ema_power: float = 0.75
     """Warm-up power of the moving average of the student that is saved (as in training)."""
     grad_clip: float = 1.0
@@ -146,6 +145,8 @@ def open_dataset(cfg: Config, teacher: DiffusionPolicy) -> tuple[WindowDataset, 
 
 
 def distill(cfg: Config) -> dict:
+    """Distill cfg.checkpoint into cfg.out (written whole, or not at all); returns the summary
+    {"distill_s", "grid", "teacher_gap"[, "eval_success", "eval_s"]}."""
     if cfg.out.exists():
         raise FileExistsError(f"--out {cfg.out} exists; choose a new folder (nothing was changed)")
     device = resolve_device(cfg.device)
@@ -166,16 +167,25 @@ def distill(cfg: Config) -> dict:
     student = distiller.student.train()
     if cfg.n_action_steps is not None:  # re-validated against T and To
         student.cfg = dataclasses.replace(student.cfg, n_action_steps=cfg.n_action_steps)
-    ema = EMA(student, power=cfg.ema_power)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.95, 0.999))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, cfg.steps))
     rng = np.random.default_rng(cfg.seed)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
 
-    tmp = cfg.out.with_name(cfg.out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    metrics = tmp / "metrics.jsonl"
+    def windows() -> dict:
+        """A batch of training windows; the loss draws its noise and grid positions from
+        torch's global generator."""
+        b = data.get_batch(rng.integers(0, len(data), size=cfg.batch_size))
+        return {"obs": {k: v.to(device) for k, v in b["obs"].items()}, "action": b["action"]}
+
+    loop_cfg = LoopConfig(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        weight_decay=0.01,  # AdamW's default, which distillation has always used
+        warmup_steps=cfg.warmup_steps,
+        grad_clip=cfg.grad_clip,
+        ema_power=cfg.ema_power,
+        amp=cfg.amp,
+        log_every=cfg.log_every,
+        progress=cfg.progress,
+    )
     log.info(
         "distilling %s (%.2f M parameters) on %s, %d windows; grid %s",
         teacher.source,
@@ -184,36 +194,33 @@ def distill(cfg: Config) -> dict:
         len(data),
         list(grid),
     )
-    t0 = time.perf_counter()
-    losses: list[float] = []
-    bar = tqdm(total=cfg.steps, disable=not cfg.progress, unit="step")
-    for step in range(1, cfg.steps + 1):
-        b = data.get_batch(rng.integers(0, len(data), size=cfg.batch_size))
-        batch = {"obs": {k: v.to(device) for k, v in b["obs"].items()}, "action": b["action"]}
-        with autocast:
-            loss = distiller.loss(batch)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"distillation loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        distiller.update_target()
-        ema.update(student)
-        losses.append(loss.item())
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            record = {"step": step, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0]}
-            record["elapsed_s"] = time.perf_counter() - t0
-            with open(metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.write(f"step {step} | loss {record['loss']:.4g} | lr {record['lr']:.3g}")
-            losses = []
-    bar.close()
-    seconds = time.perf_counter() - t0
+    with atomic_dir(cfg.out) as tmp:  # progress goes to <out>.tmp/metrics.jsonl meanwhile
+        loop = TrainLoop(
+            student,
+            loop_cfg,
+            tmp,
+            windows,
+            lambda _, batch: distiller.loss(batch),
+            after_step=distiller.update_target,
+        )
+        seconds = loop.run()["wall_time_s"]
+        summary = finish(cfg, teacher, loop.ema.model, data, data_path, grid, seconds, tmp)
+    log.info("distilled policy in %s (%.1f min)", cfg.out, seconds / 60)
+    return summary
 
+
+def finish(
+    cfg: Config,
+    teacher: DiffusionPolicy,
+    student: DiffusionPolicy,
+    data: WindowDataset,
+    data_path: str,
+    grid: tuple[int, ...],
+    seconds: float,
+    folder: Path,
+) -> dict:
+    """Measure the (EMA) student's teacher gap, roll it out with one step if asked, and save
+    it into `folder` with its metadata."""
     meta = dict(teacher.metadata)
     meta["distilled_from"] = str(teacher.source)
     meta["dataset"] = data_path
@@ -228,22 +235,20 @@ def distill(cfg: Config) -> dict:
     # rollout-free quality: the 1-step chunk against the teacher's DDIM-N chunk, same noise
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     b = data.get_batch(np.random.default_rng(cfg.seed + 1).integers(0, len(data), size=512))
-    noise = torch.randn(512, *b["action"].shape[1:], generator=gen)
-    gap = teacher_gap(teacher, ema.model.eval(), b, noise)
+    noise = torch.randn(512, *b["action"].shape[1:], generator=gen)  # (512, T, Da)
+    gap = teacher_gap(teacher, student.eval(), b, noise)
     meta["distill"]["teacher_gap"] = gap
     log.info("1-step chunk vs the teacher's DDIM %d chunk: mean |diff| %.4f", len(grid), gap)
     summary: dict = {"distill_s": seconds, "grid": list(grid), "teacher_gap": gap}
     if cfg.eval_episodes > 0:
         seeds = list(range(EVAL_SEED_START + 1000, EVAL_SEED_START + 1000 + cfg.eval_episodes))
-        actor = PolicyActor(ema.model, "consistency", 1)
+        actor = PolicyActor(student, "consistency", 1)
         result, _ = evaluate_policy(actor, task_from_metadata(teacher.metadata), seeds)
         summary.update(eval_success=result["success_rate"], eval_s=result["wall_time_s"])
-        with open(metrics, "a") as f:
+        with open(folder / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": cfg.steps, **summary}) + "\n")
         log.info("1-step student on %d episodes: success %.2f", len(seeds), result["success_rate"])
-    ema.model.save_pretrained(tmp, metadata=meta)
-    os.replace(tmp, cfg.out)
-    log.info("distilled policy in %s (%.1f min)", cfg.out, seconds / 60)
+    student.save_pretrained(folder, metadata=meta)
     return summary
 
 

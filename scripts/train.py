@@ -29,6 +29,14 @@ diffusion steps from one seeded stream and keeps its own slice of it, so N proce
 the gradient of the same batch as one process (equal to float rounding). Rank 0 logs, writes
 checkpoints and runs the rollout evaluation while the others wait; the checkpoint format is the
 single-process one, and resuming works the same under torchrun.
+
+This file is the Config and the setup that needs data/ and envs/ (windows, normalizer
+statistics, the policy's config, the rollout check); the loop itself (AdamW, LR schedule, EMA,
+clipping, autocast, DDP, logs, checkpoints, resume) is dplite.policy.training.TrainLoop.
+Random streams, all seeded by --seed: torch.manual_seed (initial weights, anything else that
+draws from torch's global generator); per step, a numpy Generator draws the global batch's
+window indices, then a CPU torch.Generator its noise (B, T, Da) and then its diffusion steps
+(B,); validation windows come from a Generator seeded by (seed, step).
 """
 
 from __future__ import annotations
@@ -37,8 +45,7 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -47,8 +54,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import tyro
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
+from torch import nn
 
 from dplite.data.dataset import WindowDataset
 from dplite.data.replay_buffer import ReplayBuffer
@@ -64,13 +70,12 @@ from dplite.envs.tasks import (
     task_from_metadata,
 )
 from dplite.policy.actor import PolicyActor
-from dplite.policy.checkpoint import atomic_dir, atomic_write, load_state, recover_dir, save_state
+from dplite.policy.checkpoint import atomic_write
 from dplite.policy.device import resolve_device
 from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
-from dplite.policy.ema import EMA
 from dplite.policy.encoders import CameraConfig
 from dplite.policy.normalizer import Normalizer
-from dplite.policy.training import warmup_cosine
+from dplite.policy.training import LoopConfig, TrainLoop, dist_rank_world, rank_device
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +93,12 @@ class Config:
     horizon: int = 16
     n_obs_steps: int = 2
     n_action_steps: int = 2
-    """Ta. 2 rather than the paper's 8: on PushT-MuJoCo re-planning often pays (50 held-out
-    seeds, DDIM 10): Ta 8 -> 4 lifted a 6000-step policy from 0.42 to 0.72 success, and the
-    quickstart policy went from 0.92 (Ta 4) to 0.96 (Ta 2)."""
+    """Ta, the actions executed per chunk. 2 rather than the paper's 8: on PushT re-planning
+    often pays (docs/benchmarks.md)."""
     pad_after: int | None = None
     """Rows a training window may run past its episode's end (repeating the last frame);
     default T - To, so that every frame, the last ones near the goal too, is the newest
-    observation of some window (Ta - 1, the reference's choice, leaves out the last
-    T - To - Ta + 1 frames of every demonstration)."""
+    observation of some window."""
     down_dims: tuple[int, ...] = (32, 64, 128)
     """UNet widths (1.2 M parameters); (256, 512, 1024) is the paper's 65.8 M network."""
     diffusion_step_embed_dim: int = 64
@@ -215,312 +218,224 @@ def check_dataset_fits_env(path: Path, spec: TaskSpec, obs_keys: tuple[str, ...]
     check_env_fits(spec, shapes, int(rb["action"].shape[1]), f"dataset {path}")
 
 
-class Trainer:
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.spec = cfg.env.resolve(base=dataset_task(cfg.dataset))
-        if cfg.out is None:
-            cfg.out = Path("outputs/runs") / output_name(self.spec)
-        obs_keys, self.action_anchor = resolve_obs_and_anchor(cfg, self.spec)
-        check_dataset_fits_env(cfg.dataset, self.spec, obs_keys)
-        self.rank, self.world = dist_rank_world()
-        self.device = resolve_device(cfg.device)
-        if self.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(self.device)
-        if cfg.batch_size % self.world:
-            raise ValueError(
-                f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the "
-                f"number of processes {self.world}"
-            )
-        torch.manual_seed(cfg.seed)
-        # one stream, the same on every rank: windows (numpy) and noise + diffusion steps
-        # (torch, drawn on the CPU so that they do not depend on the device either)
+class GlobalBatches:
+    """The training stream: each call draws one global batch of windows (numpy) and its noise
+    (B, T, Da) and diffusion steps (B,) (torch, on the CPU so that they do not depend on the
+    device), the same on every rank, and returns this rank's slice of it."""
+
+    def __init__(
+        self,
+        data: WindowDataset,
+        cfg: Config,
+        pcfg: PolicyConfig,
+        rank: int,
+        world: int,
+        device: torch.device,
+    ):
+        self.data, self.cfg, self.pcfg = data, cfg, pcfg
+        self.rank, self.world, self.device = rank, world, device
         self.rng = np.random.default_rng(cfg.seed)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed)
-        image_keys = camera_keys(cfg.dataset, self.spec, obs_keys)
-        self.data = WindowDataset(
-            cfg.dataset,
-            obs_keys=obs_keys,
-            image_keys=image_keys,
-            horizon=cfg.horizon,
-            n_obs_steps=cfg.n_obs_steps,
-            n_action_steps=cfg.n_action_steps,
-            val_ratio=cfg.val_ratio,
-            seed=cfg.seed,
-            max_train_episodes=cfg.max_train_episodes,
-            in_memory=True,
-            obs_steps_only=True,
-            pad_after=cfg.horizon - cfg.n_obs_steps if cfg.pad_after is None else cfg.pad_after,
+
+    def __call__(self) -> dict:
+        b = window_batch(
+            self.data, self.rng, self.cfg.batch_size, self.rank, self.world, self.device
         )
-        self.val_data = self.data.get_validation_dataset() if cfg.val_ratio > 0 else None
-        low_dim = [k for k in obs_keys if k not in image_keys]
-        stats = self.data.stats(keys=[*low_dim, "action"])  # images are scaled, not normalized
-        obs_shapes = {k: tuple(self.data.shapes[k]) for k in obs_keys}
-        cameras = {
-            k: CameraConfig(
-                backbone=cfg.image_backbone,
-                crop_size=None if cfg.image_crop is None else tuple(cfg.image_crop),
-                feature_dim=cfg.image_feature_dim,
-            )
-            for k in image_keys
-        }
-        if self.action_anchor is not None:
-            stats["action"] = anchored_action_stats(self.data, self.action_anchor, cfg.n_obs_steps)
-        pcfg = PolicyConfig(
-            obs_shapes=obs_shapes,
-            cameras=cameras,
-            action_dim=self.data.action_dim,
-            action_anchor=self.action_anchor,
-            horizon=cfg.horizon,
-            n_obs_steps=cfg.n_obs_steps,
-            n_action_steps=cfg.n_action_steps,
-            num_train_timesteps=cfg.num_train_timesteps,
-            beta_schedule=cfg.beta_schedule,
-            down_dims=cfg.down_dims,
-            diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
-            objective=cfg.objective,
-            sampler=cfg.eval_sampler,
-            num_inference_steps=cfg.eval_inference_steps,
-        )
-        self.policy = DiffusionPolicy(pcfg, Normalizer.from_stats(stats)).to(self.device)
-        # forward() is compute_loss; DDP averages the gradients of the ranks' slices
-        self.model = DistributedDataParallel(self.policy) if self.world > 1 else self.policy
-        self.ema = EMA(self.policy, power=cfg.ema_power)
-        self.opt = torch.optim.AdamW(  # the UNet and the camera encoders
-            self.policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-        )
-        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, warmup_cosine(cfg.warmup_steps, cfg.steps)
-        )
-        self.step = 0
-        self.best_success = -1.0
-        self.ckpt_dir = cfg.out / "checkpoints"
-
-    # ---------------------------------------------------------------- checkpoints
-    def state(self) -> dict:
-        return {
-            "step": self.step,
-            "best_success": self.best_success,
-            "model": self.policy.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "lr_sched": self.lr_sched.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "noise_rng": self.noise_gen.get_state(),
-            "numpy_rng": self.rng.bit_generator.state,
-            "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
-        }
-
-    def metadata(self) -> dict:
-        return {
-            "task": self.spec.name,
-            "env": self.spec.to_dict(),
-            "step": self.step,
-            "dataset": str(self.cfg.dataset),
-            "obs_keys": list(self.policy.cfg.obs_shapes),
-        }
-
-    def save_checkpoint(self) -> Path:
-        """Write into a .tmp folder, rename it into place, then repoint latest.json."""
-        name = f"step_{self.step:07d}"
-        final = self.write_policy_dir(self.ckpt_dir / name, with_state=True)
-        atomic_write(self.ckpt_dir / "latest.json", json.dumps({"name": name, "step": self.step}))
-        old = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir() and p.suffix == "")
-        for p in old[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(p)
-        return final
-
-    def try_resume(self) -> bool:
-        latest = self.ckpt_dir / "latest.json"
-        if not latest.is_file():
-            return False
-        name = json.loads(latest.read_text())["name"]
-        state = load_state(self.ckpt_dir / name)
-        self.policy.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.lr_sched.load_state_dict(state["lr_sched"])
-        torch.set_rng_state(state["torch_rng"])
-        self.noise_gen.set_state(state["noise_rng"])
-        self.rng.bit_generator.state = state["numpy_rng"]
-        if state.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.step, self.best_success = int(state["step"]), float(state["best_success"])
-        log.info("resumed from %s at step %d", self.ckpt_dir / name, self.step)
-        return True
-
-    def save_best(self) -> None:
-        self.write_policy_dir(self.cfg.out / "best", with_state=False)
-
-    def write_policy_dir(self, final: Path, with_state: bool) -> Path:
-        """EMA policy (+ training state), written whole and swapped in for `final`."""
-        with atomic_dir(final) as tmp:
-            self.ema.model.save_pretrained(tmp, metadata=self.metadata())
-            if with_state:
-                save_state(self.state(), tmp)
-        return final
-
-    # ---------------------------------------------------------------- loop
-    def batch(self, data: WindowDataset, rng: np.random.Generator) -> dict:
-        """This rank's slice of a global batch drawn from `rng` (the same on every rank)."""
-        idx = rng.integers(0, len(data), size=self.cfg.batch_size)
-        n = self.cfg.batch_size // self.world
-        b = data.get_batch(idx[self.rank * n : (self.rank + 1) * n])
-        pin = self.device.type == "cuda"
-        to = lambda x: (x.pin_memory() if pin else x).to(self.device, non_blocking=pin)  # noqa: E731
-        return {"obs": {k: to(v) for k, v in b["obs"].items()}, "action": to(b["action"])}
-
-    def diffusion_draws(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's slice of the global batch's noise (B, T, Da) and diffusion steps (B,)."""
-        pcfg, n = self.policy.cfg, self.cfg.batch_size // self.world
+        size, n = self.cfg.batch_size, self.cfg.batch_size // self.world
         noise = torch.randn(
-            (self.cfg.batch_size, pcfg.horizon, pcfg.action_dim), generator=self.noise_gen
+            (size, self.pcfg.horizon, self.pcfg.action_dim), generator=self.noise_gen
         )  # (B_global, T, Da)
         t = torch.randint(
-            0, pcfg.num_train_timesteps, (self.cfg.batch_size,), generator=self.noise_gen
+            0, self.pcfg.num_train_timesteps, (size,), generator=self.noise_gen
         )  # (B_global,)
         rows = slice(self.rank * n, (self.rank + 1) * n)
-        return noise[rows].to(self.device), t[rows].to(self.device)
+        return {**b, "noise": noise[rows].to(self.device), "timesteps": t[rows].to(self.device)}
+
+    def state_dict(self) -> dict:
+        return {"noise_rng": self.noise_gen.get_state(), "numpy_rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.noise_gen.set_state(state["noise_rng"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+
+
+def window_batch(
+    data: WindowDataset,
+    rng: np.random.Generator,
+    batch_size: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> dict:
+    """This rank's slice of a global batch of windows drawn from `rng` (the same on every
+    rank), on `device`."""
+    idx = rng.integers(0, len(data), size=batch_size)
+    n = batch_size // world
+    b = data.get_batch(idx[rank * n : (rank + 1) * n])
+    pin = device.type == "cuda"
+    to = lambda x: (x.pin_memory() if pin else x).to(device, non_blocking=pin)  # noqa: E731
+    return {"obs": {k: to(v) for k, v in b["obs"].items()}, "action": to(b["action"])}
+
+
+def diffusion_loss(model: nn.Module, b: dict) -> torch.Tensor:
+    """compute_loss through forward() (so that DDP averages the gradients), with the drawn
+    noise (B, T, Da) and diffusion steps (B,)."""
+    return model(
+        {"obs": b["obs"], "action": b["action"]}, noise=b["noise"], timesteps=b["timesteps"]
+    )
+
+
+def validation_loss(
+    val_data: WindowDataset | None, cfg: Config, world: int, device: torch.device
+) -> Callable[[DiffusionPolicy, int], dict]:
+    """EMA loss on validation windows (rank 0's slice of 4 global batches). The windows come
+    from a generator of their own seeded by (seed, step), so they never shift training's
+    windows; the loss's noise and steps come from torch's global generator."""
 
     @torch.no_grad()
-    def val_loss(self, n_batches: int = 4) -> float | None:
-        """EMA loss on validation windows; its own RNG, so logging never shifts training."""
-        if self.val_data is None or len(self.val_data) == 0:
-            return None
-        rng = np.random.default_rng([self.cfg.seed, self.step])
-        return float(
-            np.mean(
-                [
-                    self.ema.model.compute_loss(self.batch(self.val_data, rng)).item()
-                    for _ in range(n_batches)
-                ]
+    def validate(policy: DiffusionPolicy, step: int) -> dict:
+        if val_data is None or len(val_data) == 0:
+            return {}
+        rng = np.random.default_rng([cfg.seed, step])
+        losses = [
+            policy.compute_loss(
+                window_batch(val_data, rng, cfg.batch_size, 0, world, device)
+            ).item()
+            for _ in range(4)
+        ]
+        return {"val_loss": float(np.mean(losses))}
+
+    return validate
+
+
+def rollout_check(spec: TaskSpec, cfg: Config) -> Callable[[DiffusionPolicy], dict]:
+    """Roll the EMA policy out on eval_episodes seeds past the final evaluation's first 1000."""
+    seeds = list(range(EVAL_SEED_START + 1000, EVAL_SEED_START + 1000 + cfg.eval_episodes))
+
+    def evaluate(policy: DiffusionPolicy) -> dict:
+        actor = PolicyActor(policy, cfg.eval_sampler, cfg.eval_inference_steps)
+        summary, _ = evaluate_policy(actor, spec, seeds)
+        return {
+            "eval_success": summary["success_rate"],
+            "eval_max_reward": summary["mean_max_reward"],
+            "eval_s": summary["wall_time_s"],
+        }
+
+    return evaluate
+
+
+def setup(cfg: Config) -> TrainLoop:
+    """Everything that needs the dataset and the environment, in the order that fixes the
+    random streams: checks, torch.manual_seed(seed), windows, normalizer statistics, the
+    policy (its initial weights), then the loop (DDP, EMA, AdamW, LR schedule)."""
+    spec = cfg.env.resolve(base=dataset_task(cfg.dataset))
+    if cfg.out is None:
+        cfg.out = Path("outputs/runs") / output_name(spec)
+    obs_keys, action_anchor = resolve_obs_and_anchor(cfg, spec)
+    check_dataset_fits_env(cfg.dataset, spec, obs_keys)
+    rank, world = dist_rank_world()
+    device = rank_device(resolve_device(cfg.device), world)
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the "
+            f"number of processes {world}"
+        )
+    torch.manual_seed(cfg.seed)
+    image_keys = camera_keys(cfg.dataset, spec, obs_keys)
+    data = WindowDataset(
+        cfg.dataset,
+        obs_keys=obs_keys,
+        image_keys=image_keys,
+        horizon=cfg.horizon,
+        n_obs_steps=cfg.n_obs_steps,
+        n_action_steps=cfg.n_action_steps,
+        val_ratio=cfg.val_ratio,
+        seed=cfg.seed,
+        max_train_episodes=cfg.max_train_episodes,
+        in_memory=True,
+        obs_steps_only=True,
+        pad_after=cfg.horizon - cfg.n_obs_steps if cfg.pad_after is None else cfg.pad_after,
+    )
+    val_data = data.get_validation_dataset() if cfg.val_ratio > 0 else None
+    low_dim = [k for k in obs_keys if k not in image_keys]
+    stats = data.stats(keys=[*low_dim, "action"])  # images are scaled, not normalized
+    if action_anchor is not None:
+        stats["action"] = anchored_action_stats(data, action_anchor, cfg.n_obs_steps)
+    crop = None if cfg.image_crop is None else tuple(cfg.image_crop)
+    pcfg = PolicyConfig(
+        obs_shapes={k: tuple(data.shapes[k]) for k in obs_keys},
+        cameras={
+            k: CameraConfig(
+                backbone=cfg.image_backbone, crop_size=crop, feature_dim=cfg.image_feature_dim
             )
-        )
-
-    def evaluate(self) -> dict:
-        # training-time evaluation uses seeds past the final evaluation's first 1000
-        seeds = list(range(EVAL_SEED_START + 1000, EVAL_SEED_START + 1000 + self.cfg.eval_episodes))
-        actor = PolicyActor(self.ema.model, self.cfg.eval_sampler, self.cfg.eval_inference_steps)
-        summary, _ = evaluate_policy(actor, self.spec, seeds)
-        return summary
-
-    def log(self, record: dict, bar: tqdm) -> None:
-        with open(self.cfg.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        bar.write(
-            " | ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
-            )
-        )
-
-    def train(self) -> dict:
-        cfg, lead = self.cfg, self.rank == 0
-        if lead:
-            cfg.out.mkdir(parents=True, exist_ok=True)
-            (cfg.out / "config.json").write_text(
-                json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
-            )
-            recover_dir(cfg.out / "best")
-        self.try_resume()
-        n_params = sum(p.numel() for p in self.policy.parameters())
-        log.info(
-            "%d training windows, %.2f M parameters, device %s%s",
-            len(self.data),
-            n_params / 1e6,
-            self.device,
-            f", {self.world} processes" if self.world > 1 else "",
-        )
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
-        bar = tqdm(
-            total=cfg.steps, initial=self.step, disable=not (cfg.progress and lead), unit="step"
-        )
-        losses, t_last, last_eval = [], time.perf_counter(), {}
-        self.policy.train()
-        while self.step < cfg.steps:
-            batch = self.batch(self.data, self.rng)
-            noise, t = self.diffusion_draws(batch)
-            with autocast:
-                loss = self.model(batch, noise=noise, timesteps=t)  # compute_loss
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()  # under DDP: gradients averaged over the ranks here
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-            self.opt.step()
-            self.lr_sched.step()
-            self.ema.update(self.policy)
-            self.step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            done = self.step == cfg.steps
-            if self.step % cfg.log_every == 0 or done:
-                now = time.perf_counter()
-                record = {
-                    "step": self.step,
-                    "loss": self.mean_over_ranks(float(np.mean(losses))),
-                    "lr": self.lr_sched.get_last_lr()[0],
-                    "it_s": len(losses) / (now - t_last),
-                }
-                if lead:
-                    val = self.val_loss()
-                    if val is not None:
-                        record["val_loss"] = val
-                    self.log(record, bar)
-                losses, t_last = [], now
-            if cfg.eval_every >= 0 and (
-                (cfg.eval_every and self.step % cfg.eval_every == 0) or done
-            ):
-                if lead:
-                    last_eval = self.evaluate()
-                    self.log(
-                        {
-                            "step": self.step,
-                            "eval_success": last_eval["success_rate"],
-                            "eval_max_reward": last_eval["mean_max_reward"],
-                            "eval_s": last_eval["wall_time_s"],
-                        },
-                        bar,
-                    )
-                    # ties go to the later checkpoint: 20 rollouts often tie at the top, and
-                    # the later one has trained longer at a lower learning rate
-                    if last_eval["success_rate"] >= self.best_success:
-                        self.best_success = last_eval["success_rate"]
-                        self.save_best()
-                self.barrier()  # the other ranks wait for rank 0's rollouts
-                t_last = time.perf_counter()  # keep it/s about training only
-            if self.step % cfg.save_every == 0 or done:
-                if lead:
-                    self.save_checkpoint()
-                self.barrier()
-        bar.close()
-        return {"step": self.step, "best_success": self.best_success, "last_eval": last_eval}
-
-    def mean_over_ranks(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        x = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(x)
-        return float(x.item()) / self.world
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size): joins the process group when started by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1:
-        return 0, 1
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
+            for k in image_keys
+        },
+        action_dim=data.action_dim,
+        action_anchor=action_anchor,
+        horizon=cfg.horizon,
+        n_obs_steps=cfg.n_obs_steps,
+        n_action_steps=cfg.n_action_steps,
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        down_dims=cfg.down_dims,
+        diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
+        objective=cfg.objective,
+        sampler=cfg.eval_sampler,
+        num_inference_steps=cfg.eval_inference_steps,
+    )
+    policy = DiffusionPolicy(pcfg, Normalizer.from_stats(stats)).to(device)
+    batches = GlobalBatches(data, cfg, pcfg, rank, world, device)
+    loop_cfg = LoopConfig(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        grad_clip=cfg.grad_clip,
+        ema_power=cfg.ema_power,
+        amp=cfg.amp,
+        log_every=cfg.log_every,
+        eval_every=cfg.eval_every,
+        save_every=cfg.save_every,
+        keep_checkpoints=cfg.keep_checkpoints,
+        progress=cfg.progress,
+    )
+    metadata = {
+        "task": spec.name,
+        "env": spec.to_dict(),
+        "dataset": str(cfg.dataset),
+        "obs_keys": list(obs_keys),
+    }
+    log.info(
+        "%d training windows, %.2f M parameters, device %s%s",
+        len(data),
+        sum(p.numel() for p in policy.parameters()) / 1e6,
+        device,
+        f", {world} processes" if world > 1 else "",
+    )
+    return TrainLoop(
+        policy,
+        loop_cfg,
+        cfg.out,
+        batches,
+        diffusion_loss,
+        evaluate=rollout_check(spec, cfg),
+        validate=validation_loss(val_data, cfg, world, device),
+        rng_state=batches,
+        metadata=metadata,
+        rank=rank,
+        world=world,
+    )
 
 
 def main(cfg: Config) -> dict:
+    """Train (or resume) the run cfg.out; returns TrainLoop.run's summary."""
     try:
-        return Trainer(cfg).train()
+        loop = setup(cfg)
+        if loop.rank == 0:
+            config = json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
+            atomic_write(cfg.out / "config.json", config)
+        return loop.run()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

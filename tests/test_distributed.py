@@ -129,7 +129,7 @@ def test_global_batch_must_split_evenly(dataset, tmp_path):
 
 def test_policy_folder_swap_never_loses_the_old_one(dataset, tmp_path, monkeypatch):
     args = ["--dataset", dataset, *TOY, *SMALL, "--steps", "1", "--save-every", "1"]
-    trainer = train.Trainer(tyro.cli(train.Config, args=[*map(str, args), "--out", str(tmp_path)]))
+    trainer = train.setup(tyro.cli(train.Config, args=[*map(str, args), "--out", str(tmp_path)]))
     best = tmp_path / "best"
     trainer.write_policy_dir(best, with_state=False)
     before = (best / "model.safetensors").read_bytes()

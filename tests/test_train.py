@@ -123,8 +123,8 @@ def test_eval_pools_noise_seeds(dataset, tmp_path, monkeypatch):
 
 def test_killed_run_resumes_exactly(dataset, tmp_path, monkeypatch):
     cfg = _cfg(dataset, tmp_path / "ref", steps=4, save_every=2)
-    reference = train.Trainer(cfg)
-    reference.train()
+    reference = train.setup(cfg)
+    reference.run()
 
     # the same run, killed during step 3 (after the step-2 checkpoint was written)
     killed_cfg = _cfg(dataset, tmp_path / "killed", steps=4, save_every=2)
@@ -139,15 +139,15 @@ def test_killed_run_resumes_exactly(dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(DiffusionPolicy, "compute_loss", dying_loss)
     with pytest.raises(KeyboardInterrupt):
-        train.Trainer(killed_cfg).train()
+        train.setup(killed_cfg).run()
     monkeypatch.setattr(DiffusionPolicy, "compute_loss", real_loss)
     ckpt = json.loads((tmp_path / "killed" / "checkpoints" / "latest.json").read_text())
     assert ckpt["step"] == 2
 
-    resumed = train.Trainer(killed_cfg)
+    resumed = train.setup(killed_cfg)
     assert resumed.try_resume() and resumed.step == 2 and resumed.ema.step == 2
     assert resumed.opt.state_dict()["state"][0]["step"].item() == 2
-    resumed.train()
+    resumed.run()
     assert resumed.step == 4
     for a, b in zip(resumed.policy.parameters(), reference.policy.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -170,11 +170,11 @@ def test_corrupt_checkpoint_gives_clear_error(dataset, tmp_path):
 
 def test_bad_train_config_refused(dataset, tmp_path):
     with pytest.raises(UnknownTaskError, match="unknown task 'pushy'.*pusht"):
-        train.Trainer(_cfg(dataset, tmp_path, env=EnvOptions(task="pushy")))
+        train.setup(_cfg(dataset, tmp_path, env=EnvOptions(task="pushy")))
     with pytest.raises(ValueError, match="action anchor 'agent_pos'.*not among.*\\['keypoint'\\]"):
-        train.Trainer(_cfg(dataset, tmp_path, obs_keys=("keypoint",)))
+        train.setup(_cfg(dataset, tmp_path, obs_keys=("keypoint",)))
     with pytest.raises(ValueError, match="divisible"):
-        train.Trainer(_cfg(dataset, tmp_path, horizon=10))
+        train.setup(_cfg(dataset, tmp_path, horizon=10))
 
 
 # ------------------------------------------------------------------ action anchor
@@ -232,7 +232,7 @@ def test_image_policy_trains_and_evaluates_through_the_scripts(tmp_path):
     collect.main(collect.Config(episodes=2, out=data, images=True, progress=False))
     run = tmp_path / "run"
     cfg = _cfg(data, run, obs_keys=("img", "agent_pos"), image_crop=(84, 84), batch_size=4)
-    trainer = train.Trainer(cfg)
+    trainer = train.setup(cfg)
     pcfg = trainer.policy.cfg
     assert set(pcfg.cameras) == {"img"} and pcfg.cameras["img"].crop_size == (84, 84)
     assert pcfg.obs_shapes["img"] == (96, 96, 3)
@@ -241,7 +241,7 @@ def test_image_policy_trains_and_evaluates_through_the_scripts(tmp_path):
     optimised = {id(p) for group in trainer.opt.param_groups for p in group["params"]}
     assert all(id(p) in optimised for p in trainer.policy.obs_encoder.parameters())
     before = [p.detach().clone() for p in trainer.policy.obs_encoder.parameters()]
-    trainer.train()
+    trainer.run()
     after = list(trainer.policy.obs_encoder.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     out = eval_script.main(
