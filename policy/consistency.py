@@ -45,14 +45,16 @@ import torch.nn.functional as F
 
 from dplite.policy.diffusion import DiffusionPolicy
 from dplite.policy.ema import EMA
+from dplite.policy.samplers import DDIM, Consistency
+from dplite.policy.schedule import spaced_timesteps
 
 
 def ddim_grid(num_train_timesteps: int, n: int) -> tuple[int, ...]:
-    """The teacher timesteps of a DDIM-n sample ("leading" spacing): K=100, n=10 -> 90 ... 0."""
+    """The teacher timesteps of a DDIM-n sample (schedule.spaced_timesteps): K=100, n=10 ->
+    90 ... 0."""
     if not 1 <= n <= num_train_timesteps:
         raise ValueError(f"grid size n={n} must be in [1, K={num_train_timesteps}]")
-    step = num_train_timesteps // n
-    return tuple(range((n - 1) * step, -1, -step))
+    return tuple(spaced_timesteps(num_train_timesteps, n).tolist())
 
 
 class ConsistencyDistiller:
@@ -164,8 +166,9 @@ def teacher_gap(
     noise = noise.to(teacher.device)
     times = torch.tensor(grid, device=teacher.device)
     empty = noise.new_zeros((0, *noise.shape))
-    ode_end = teacher._denoise("ddim", noise, teacher.encode_obs(obs), empty, times)
-    jump = student._denoise("consistency", noise, student.encode_obs(obs), empty, times[:1])
+    # the teacher's DDIM ODE over the whole grid, and the student's 1-step jump from its top
+    ode_end = DDIM(len(grid)).sample(teacher, noise, teacher.encode_obs(obs), empty, times)
+    jump = Consistency(1).sample(student, noise, student.encode_obs(obs), empty, times[:1])
     return (jump - ode_end).abs().mean().item()
 
 

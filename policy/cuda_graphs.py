@@ -12,9 +12,10 @@ Rules a graph imposes, and how GraphedCall meets them:
 - fixed shapes and addresses: inputs are copied into static tensors that the graph reads, and
   the output is cloned out of the static tensor it writes. One GraphedCall per input shape
   (the policy pads a smaller batch up to the captured one).
-- no host work inside: the loop must take its timesteps and its per-step noise as device
-  tensors (DiffusionPolicy.predict_action pre-draws the noise, so the generators are used as
-  in eager mode and the chunks match eager ones draw for draw).
+- no host work inside: the loop (a sampler's ``sample``, policy/samplers.py) must take its
+  timesteps and its per-step noise as device tensors (DiffusionPolicy.predict_action pre-draws
+  the sampler's ``num_draws``, so the generators are used as in eager mode and the chunks match
+  eager ones draw for draw).
 - the parameters are read where they live. In-place writes (an optimizer step, EMA.update,
   load_state_dict, `p.copy_(w)`) are seen by the next replay. Replacing them (`.to()`, assigning
   new Parameters, `p.data = w`) would leave the graph reading memory that is no longer theirs:

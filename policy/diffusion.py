@@ -4,7 +4,8 @@ Chi et al. 2023 (Diffusion Policy, arXiv 2303.04137), CNN variant: the last To o
 are normalized, flattened into one global condition vector, and a ConditionalUnet1D learns to
 predict the noise added to a normalized action chunk of length T (the epsilon objective of
 Ho et al. 2020). At inference the chunk is denoised from pure noise with DDPM (k = K) or
-DDIM (k << K) steps, and the Ta actions aligned with the newest observation are executed:
+DDIM (k << K) steps (policy/samplers.py, one class per sampler), and the Ta actions aligned
+with the newest observation are executed:
 
     time      t-To+1 ... t ............... t-To+T
     obs       |-- To --|
@@ -32,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -52,12 +53,12 @@ from dplite.policy.checkpoint import (
 from dplite.policy.cuda_graphs import GraphedCall
 from dplite.policy.encoders import CameraConfig, ObsEncoder
 from dplite.policy.normalizer import Normalizer
+from dplite.policy.samplers import BaseSampler, Consistency, SamplerName, get_sampler, sampler_class
 from dplite.policy.schedule import NoiseSchedule
 from dplite.policy.unet1d import ConditionalUnet1D
 
-Sampler = Literal["ddpm", "ddim", "consistency"]
+Sampler = SamplerName  # a sampler's name (policy/samplers.py); "mse" only names OneShot
 Objective = Literal["diffusion", "mse"]
-MSE_SAMPLER = "mse"  # what sampler_settings reports for the regression baseline (k = 1)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -99,7 +100,8 @@ class PolicyConfig:
     robot is now, normalized per chunk index, which makes the executed steps far more precise
     for position-target actions. None: absolute actions, one min-max range per dimension."""
     sampler: Sampler = "ddim"
-    """Default sampler for predict_action ("consistency" only for a distilled policy)."""
+    """Default sampler for predict_action (policy/samplers.py; "consistency" only for a
+    distilled policy)."""
     num_inference_steps: int = 10
     """Default k for predict_action (k = K for full DDPM)."""
     consistency_timesteps: tuple[int, ...] | None = None
@@ -165,17 +167,6 @@ class PolicyConfig:
             raise ValueError(
                 f"unknown variance_type {self.variance_type!r}; use 'fixed_small' or 'fixed_large'"
             )
-        if self.sampler not in ("ddpm", "ddim", "consistency"):
-            raise ValueError(
-                f"unknown sampler {self.sampler!r}; use 'ddpm', 'ddim' or 'consistency'"
-            )
-        check_inference_steps(self.num_inference_steps, self.num_train_timesteps)
-        if (self.sampler == "consistency") != (self.consistency_timesteps is not None):
-            raise ValueError(
-                f"sampler {self.sampler!r} with consistency_timesteps={self.consistency_timesteps}: "
-                "a consistency-distilled policy (consistency_timesteps set) samples with "
-                "'consistency', a diffusion policy with 'ddpm' or 'ddim'"
-            )
         if self.consistency_timesteps is not None:
             grid = self.consistency_timesteps = tuple(int(t) for t in self.consistency_timesteps)
             K = self.num_train_timesteps
@@ -185,13 +176,13 @@ class PolicyConfig:
                     f"consistency_timesteps {grid}: expected distinct timesteps in [0, {K - 1}], "
                     "in descending order"
                 )
-            if self.num_inference_steps > len(grid):
-                raise ValueError(
-                    f"num_inference_steps={self.num_inference_steps} exceeds the {len(grid)} "
-                    "timesteps of consistency_timesteps"
-                )
         if self.objective not in ("diffusion", "mse"):
             raise ValueError(f"unknown objective {self.objective!r}; use 'diffusion' or 'mse'")
+        # the default sampler must exist and fit (a distilled policy <-> "consistency"), and
+        # so must its default k, whatever the objective
+        sampler = sampler_class(self.sampler)
+        sampler.check_fits(self)
+        sampler.check_steps(self, self.num_inference_steps)
         if self.action_anchor is not None and self.low_dim_shapes.get(self.action_anchor) != (
             self.action_dim,
         ):
@@ -228,11 +219,6 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, d: Mapping) -> PolicyConfig:
         return config_from_dict(cls, d)
-
-
-def check_inference_steps(k: int, K: int) -> None:
-    if not 1 <= k <= K:
-        raise ValueError(f"inference steps k={k} must be in [1, K={K}] (num_train_timesteps)")
 
 
 class DiffusionPolicy(nn.Module):
@@ -320,8 +306,8 @@ class DiffusionPolicy(nn.Module):
         cfg = self.cfg
         obs, x0 = self.training_chunk(batch)
         cond = self.encode_obs(obs)  # (B, To * Do)
-        if cfg.objective == "mse":
-            return F.mse_loss(self._regress(cond), x0)
+        if cfg.objective == "mse":  # predict_action's one call (samplers.OneShot), fit by MSE
+            return F.mse_loss(self.net(torch.zeros_like(x0), 0, cond), x0)
         noise = torch.randn_like(x0) if noise is None else noise  # (B, T, Da)
         t = (
             torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)
@@ -344,12 +330,6 @@ class DiffusionPolicy(nn.Module):
             )
         return obs, self.normalizer.normalize("action", action - self.anchor(obs))
 
-    def _regress(self, cond: torch.Tensor) -> torch.Tensor:
-        """The "mse" objective's normalized chunk: one network evaluation on a zero chunk at
-        timestep 0, so that the only input that varies is the condition."""
-        shape = (cond.shape[0], self.cfg.horizon, self.cfg.action_dim)
-        return self.net(torch.zeros(shape, device=cond.device), 0, cond)  # (B, T, Da)
-
     # ---------------------------------------------------------------- inference
     def sampler_settings(
         self, sampler: Sampler | None = None, k: int | None = None
@@ -357,40 +337,10 @@ class DiffusionPolicy(nn.Module):
         """The (sampler, k) predict_action uses: the config's defaults for what is None
         (k = K for DDPM, 10 for DDIM when the sampler is not the configured one). A distilled
         policy takes only "consistency", with 1 <= k <= len(consistency_timesteps). The "mse"
-        objective ignores both and reports ("mse", 1): one network evaluation."""
-        cfg = self.cfg
-        if sampler not in (None, "ddpm", "ddim", "consistency", MSE_SAMPLER):
-            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm', 'ddim' or 'consistency'")
-        if cfg.objective == "mse":
-            return MSE_SAMPLER, 1
-        sampler = sampler or cfg.sampler
-        grid = cfg.consistency_timesteps
-        if (sampler == "consistency") != (grid is not None):
-            raise ValueError(
-                f"sampler {sampler!r} does not fit this policy: "
-                + (
-                    f"it was consistency-distilled, sample it with 'consistency' (1-{len(grid)} steps)"
-                    if grid is not None
-                    else "it is a diffusion policy (use 'ddpm' or 'ddim'); 'consistency' needs a "
-                    "policy distilled by scripts.distill"
-                )
-            )
-        if sampler == "consistency":
-            k = k or cfg.num_inference_steps
-            if not 1 <= k <= len(grid):
-                raise ValueError(
-                    f"consistency steps k={k} must be in [1, {len(grid)}] (the distillation grid)"
-                )
-            return sampler, k
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(
-                f"sampler {sampler!r} is only for objective 'mse'; use 'ddpm' or 'ddim'"
-            )
-        if k is None:
-            k = cfg.num_inference_steps if sampler == cfg.sampler else None
-        k = k or (cfg.num_train_timesteps if sampler == "ddpm" else 10)
-        check_inference_steps(k, cfg.num_train_timesteps)
-        return sampler, k
+        objective ignores both and reports ("mse", 1): one network evaluation. The choice is
+        samplers.get_sampler's."""
+        chosen = get_sampler(self.cfg, sampler, k)
+        return chosen.name, chosen.k
 
     def consistency_fn(
         self, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor
@@ -402,53 +352,15 @@ class DiffusionPolicy(nn.Module):
         return self.schedule.predict_x0_from_v(self.net(x, t, cond), t, x)
 
     def consistency_timesteps(self, k: int) -> list[int]:
-        """The k timesteps a k-step consistency sample visits: the distillation grid's first
-        (top) one, then evenly spaced grid points below it (grid 90, 80, ..., 0: k=2 -> 90, 40)."""
-        grid = self.cfg.consistency_timesteps
-        return [grid[i * len(grid) // k] for i in range(k)]
-
-    def _denoise(
-        self,
-        sampler: str,
-        x: torch.Tensor,
-        cond: torch.Tensor,
-        step_noise: torch.Tensor,
-        times: torch.Tensor,
-        record: Callable[[torch.Tensor], None] | None = None,
-    ) -> torch.Tensor:
-        """The sampling loop from x (B, T, Da), noise at times[0], to a normalized chunk.
-
-        times (k,) are the timesteps to visit, as a device tensor; step_noise (n, B, T, Da) the
-        per-step draws (DDPM: one per step, consistency: one per re-noising, DDIM: none).
-        `record` sees each intermediate sample. Only device work: a CUDA graph can capture it.
-        """
-        k = times.shape[0]
-        stride = self.cfg.num_train_timesteps // k
-        for i in range(k):
-            t = times[i : i + 1]  # (1,): broadcast over the batch, never read on the host
-            if sampler == "consistency":
-                # multistep consistency sampling (Song et al. 2023, Algorithm 1): jump to x_0
-                # from noise, then re-noise the estimate to the next (lower) timestep and jump
-                if i > 0:
-                    x = self.schedule.add_noise(x, step_noise[i - 1], t)
-                x = self.consistency_fn(x, t, cond)  # (B, T, Da), the x_0 estimate
-                if self.cfg.clip_sample:
-                    x = x.clamp(-1.0, 1.0)
-            else:
-                eps = self.net(x, t, cond)  # (B, T, Da)
-                if sampler == "ddpm":
-                    x = self.schedule.ddpm_step(eps, t, x, step_noise[i], prev_t=t - stride)
-                else:
-                    x = self.schedule.ddim_step(eps, t, t - stride, x)
-            if record is not None and i < k - 1:  # the last one is action_pred
-                record(x)
-        return x
+        """The k timesteps a k-step consistency sample visits (samplers.Consistency.timesteps):
+        the grid's top one, then evenly spaced grid points below it (90, ..., 0: k=2 -> 90, 40)."""
+        return Consistency(k).timesteps(self).tolist()
 
     def use_cuda_graphs(self, enabled: bool = True) -> DiffusionPolicy:
         """Replay predict_action's denoising loop as a CUDA graph (policy/cuda_graphs.py).
 
-        The loop is captured on the first call for each (sampler, k) and replayed after that:
-        one launch instead of ~150 per network evaluation. A smaller batch than the captured one
+        The sampler's loop (samplers.BaseSampler.sample) is captured on the first call for each
+        (sampler, k) and replayed after that: one launch instead of ~150 per network evaluation. A smaller batch than the captured one
         (a rollout whose episodes finish) is padded to it, since rows never mix; a larger one is
         captured again. The chunks equal eager ones to float rounding. Needs the policy on a
         CUDA device. Calls with return_trajectory run eagerly. The config (clip_sample, K) and
@@ -459,7 +371,14 @@ class DiffusionPolicy(nn.Module):
             self._graphs = {}
         return self
 
-    def _graphed_denoise(self, sampler, x, cond, step_noise, times) -> torch.Tensor:
+    def _graphed_denoise(
+        self,
+        sampler: BaseSampler,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        step_noise: torch.Tensor,
+        times: torch.Tensor,
+    ) -> torch.Tensor:
         if x.device.type != "cuda":
             raise ValueError(
                 f"use_cuda_graphs: the policy is on {x.device}; CUDA graphs need a CUDA device "
@@ -468,12 +387,12 @@ class DiffusionPolicy(nn.Module):
         self.schedule.to(x.device)  # its tables move on first use: before the capture, not in it
         # what the loop reads (the normalizer is applied outside it)
         params = [*self.net.parameters(), *self.net.buffers(), *self.schedule.tables]
-        key = (sampler, times.shape[0], tuple(x.shape[1:]), cond.shape[1], cond.dtype)
+        key = (sampler.name, times.shape[0], tuple(x.shape[1:]), cond.shape[1], cond.dtype)
         b = x.shape[0]
         graphed = self._graphs.get(key)
         if graphed is None or not graphed.matches(params) or graphed.batch < b:
             graphed = self._graphs[key] = GraphedCall(
-                lambda *a: self._denoise(sampler, *a), (x, cond, step_noise, times), params
+                lambda *a: sampler.sample(self, *a), (x, cond, step_noise, times), params
             )
         pad = graphed.batch - b  # zero rows; each row's chunk depends on that row alone
 
@@ -503,10 +422,10 @@ class DiffusionPolicy(nn.Module):
         adds "trajectory": k + 1 chunks (B, T, Da) in raw units, the initial noise and the
         sample after each denoising step (the last equals "action_pred"). The "mse" objective
         ignores sampler, k, generator and noise: one network evaluation, whose trajectory is
-        that one chunk.
+        that one chunk. Which sampler and k run is samplers.get_sampler's choice.
         """
         cfg = self.cfg
-        sampler, k = self.sampler_settings(sampler, num_inference_steps)
+        chosen = get_sampler(cfg, sampler, num_inference_steps)
 
         cond = self.encode_obs(obs)  # (B, To * Do)
         anchor = self.anchor(obs)  # (B, 1, Da) or 0
@@ -515,27 +434,27 @@ class DiffusionPolicy(nn.Module):
         trajectory: list[torch.Tensor] = []
 
         def record(x: torch.Tensor) -> None:  # x: (B, T, Da) normalized
-            if return_trajectory:
-                trajectory.append(self.normalizer.unnormalize("action", x) + anchor)
+            trajectory.append(self.normalizer.unnormalize("action", x) + anchor)
 
-        if cfg.objective == "mse":
-            x = self._regress(cond)  # (B, T, Da)
+        # every draw up front, in the order the steps use them: the loop itself does no host
+        # work, so that a CUDA graph can replay it (policy/cuda_graphs.py)
+        if not chosen.starts_from_noise:
+            x = torch.zeros(shape, device=dev)  # (B, T, Da): the one-shot call's fixed input
+        elif noise is not None:
+            x = noise.to(dev, torch.float32)  # (B, T, Da)
         else:
-            # every draw up front, in the order the steps use them: the loop itself does no
-            # host work, so that a CUDA graph can replay it (policy/cuda_graphs.py)
-            x = noise.to(dev, torch.float32) if noise is not None else _randn(shape, generator, dev)
-            n_draws = {"ddpm": k, "ddim": 0, "consistency": k - 1}[sampler]
-            draws = [_randn(shape, generator, dev) for _ in range(n_draws)]
-            step_noise = torch.stack(draws) if draws else x.new_zeros((0, *shape))
-            if sampler == "consistency":
-                times = torch.tensor(self.consistency_timesteps(k), device=dev)  # (k,)
-            else:  # a device-to-device move at most: nothing is read back to the host
-                times = self.schedule.inference_timesteps(k, sampler=sampler).to(dev)  # (k,)
-            if self._graphs is not None and not return_trajectory:
-                x = self._graphed_denoise(sampler, x, cond, step_noise, times)
-            else:
-                record(x)
-                x = self._denoise(sampler, x, cond, step_noise, times, record)
+            x = _randn(shape, generator, dev)  # (B, T, Da)
+        draws = [_randn(shape, generator, dev) for _ in range(chosen.num_draws)]
+        step_noise = torch.stack(draws) if draws else x.new_zeros((0, *shape))  # (n, B, T, Da)
+        times = chosen.timesteps(self)  # (k,) on dev
+        if self._graphs is not None and not return_trajectory:
+            x = self._graphed_denoise(chosen, x, cond, step_noise, times)
+        else:
+            if return_trajectory and chosen.starts_from_noise:
+                record(x)  # the initial noise
+            x = chosen.sample(
+                self, x, cond, step_noise, times, record if return_trajectory else None
+            )
         action_pred = self.normalizer.unnormalize("action", x) + anchor  # (B, T, Da)
         start = cfg.n_obs_steps - 1
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {

@@ -242,18 +242,28 @@ class NoiseSchedule:
         return x_prev if eta == 0 else x_prev + _c(sigma, x_t) * noise
 
     def inference_timesteps(self, k: int, sampler: Sampler = "ddpm") -> torch.Tensor:
-        """k descending timesteps, diffusers' "leading" spacing: (k-1) s, ..., s, 0 with s = K // k.
+        """k descending timesteps out of K (spaced_timesteps), on the tables' device.
 
         DDPM with k == K gives K-1 .. 0; DDIM k=10, K=100 gives 90, 80, ..., 0. Both samplers
-        share the spacing; step from ts[i] to ts[i] - K // k (-1 after the last).
+        share the spacing; step from ts[i] to ts[i + 1] (= ts[i] - K // k; -1 after the last).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r}; expected one of {SAMPLERS}")
         K = self.num_train_timesteps
         if not isinstance(k, int) or not 1 <= k <= K:
             raise ValueError(f"{sampler} inference steps k={k!r}; expected an int in [1, {K}]")
-        ts = torch.arange(k - 1, -1, -1, dtype=torch.long) * (K // k)  # (k,)
-        return ts.to(self._alpha_bar.device)
+        return spaced_timesteps(K, k).to(self._alpha_bar.device)  # (k,)
+
+
+def spaced_timesteps(num_train_timesteps: int, k: int) -> torch.Tensor:
+    """The k of K timesteps a k-step sampler visits, descending, as a (k,) long tensor.
+
+    diffusers' "leading" spacing: (k-1) s, ..., s, 0 with s = K // k (K=100, k=10: 90 ... 0).
+    The one place the spacing is computed: DDPM / DDIM (inference_timesteps) and the
+    consistency distillation grid (policy/consistency.py, ddim_grid) all come from here.
+    Expects 1 <= k <= K (the callers check it, with their own messages).
+    """
+    return torch.arange(k - 1, -1, -1, dtype=torch.long) * (num_train_timesteps // k)  # (k,)
 
 
 def _x0_from_eps(eps: torch.Tensor, x_t: torch.Tensor, ab_t: torch.Tensor) -> torch.Tensor:

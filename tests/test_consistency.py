@@ -40,10 +40,10 @@ def test_ddim_grid_is_the_ddim_samplers_timesteps():
             "descending",
         ),
         (dict(consistency_timesteps=(90, 0)), "samples with 'consistency'"),
-        (dict(sampler="consistency"), "samples with 'consistency'"),
+        (dict(sampler="consistency"), "needs a policy distilled"),
         (
             dict(consistency_timesteps=(90, 0), sampler="consistency", num_inference_steps=3),
-            "exceeds the 2 timesteps",
+            r"k=3 must be in \[1, 2\]",
         ),
     ],
 )

@@ -21,10 +21,13 @@ OBS = {"s": (3,)}
 GRID = (90, 70, 50, 30, 10)
 
 
-def _policy(distilled: bool = False, seed: int = 0) -> DiffusionPolicy:
+def _policy(
+    distilled: bool = False, seed: int = 0, objective: str = "diffusion"
+) -> DiffusionPolicy:
     torch.manual_seed(seed)
     extra = dict(consistency_timesteps=GRID, sampler="consistency", num_inference_steps=1)
     cfg = PolicyConfig(
+        objective=objective,
         obs_shapes=OBS,
         action_dim=2,
         horizon=8,
@@ -113,6 +116,9 @@ def test_graphs_on_the_cpu_are_refused_with_a_message():
     # trajectories are always eager, and switching off restores eager sampling
     assert len(policy.predict_action(_obs(1), return_trajectory=True)["trajectory"]) == 11
     policy.use_cuda_graphs(False).predict_action(_obs(1))
+    # the MSE baseline's one call is a sampler like the others: graphed too
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        _policy(objective="mse").use_cuda_graphs().predict_action(_obs(1))
 
 
 @pytest.fixture
@@ -128,10 +134,16 @@ def fp32_cuda():
 @cuda
 @pytest.mark.parametrize(
     "distilled, sampler, k, batch",
-    [(False, "ddim", 10, 1), (False, "ddpm", 20, 3), (True, "consistency", 2, 4)],
+    [
+        (False, "ddim", 10, 1),
+        (False, "ddpm", 20, 3),
+        (True, "consistency", 2, 4),
+        (False, "mse", 1, 2),
+    ],
 )
 def test_graph_replays_the_eager_chunk(fp32_cuda, distilled, sampler, k, batch):
-    policy = _policy(distilled).cuda()
+    objective = "mse" if sampler == "mse" else "diffusion"
+    policy = _policy(distilled, objective=objective).cuda()
     obs = [_obs(batch, "cuda"), {"s": torch.randn(batch, 2, 3, device="cuda")}]
 
     def sample(o, seed):
@@ -146,7 +158,8 @@ def test_graph_replays_the_eager_chunk(fp32_cuda, distilled, sampler, k, batch):
     assert len(policy._graphs) == 1
     for g, e in zip(graphed, eager, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(graphed[0], graphed[2])  # new noise is copied in each call
+    if sampler != "mse":  # the one-shot call draws no noise
+        assert not torch.allclose(graphed[0], graphed[2])  # new noise is copied in each call
     # a shrinking batch (episodes that finish) replays the same graph, padded
     if batch > 1:
         small = {"s": obs[1]["s"][:2]}

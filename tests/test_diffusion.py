@@ -29,7 +29,7 @@ SMALL = dict(down_dims=(32, 64, 128), diffusion_step_embed_dim=32, kernel_size=5
         (dict(horizon=16, n_obs_steps=2, n_action_steps=16), "must be <= T - To \\+ 1 = 15"),
         (dict(beta_schedule="quadratic"), "unknown beta_schedule 'quadratic'"),
         (dict(variance_type="learned"), "unknown variance_type 'learned'"),
-        (dict(num_inference_steps=101, num_train_timesteps=100), "k=101 must be in \\[1, K=100\\]"),
+        (dict(num_inference_steps=101, num_train_timesteps=100), "k=101 must be in \\[1, 100\\]"),
         (dict(sampler="euler"), "unknown sampler 'euler'"),
     ],
 )

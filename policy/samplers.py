@@ -1,0 +1,326 @@
+"""Samplers: the ways DiffusionPolicy.predict_action turns noise into a normalized action chunk.
+
+One small class per sampler behind one interface (BaseSampler), and one registry (SAMPLERS)
+where get_sampler chooses among them, so that a new sampler is one class plus one entry:
+
+- DDPM: ancestral sampling (Ho et al. 2020, arXiv 2006.11239, Algorithm 2), strided over k of
+  the K training timesteps when k < K, as diffusers' DDPMScheduler.
+- DDIM: the deterministic (eta = 0) DDIM update (Song et al. 2021, arXiv 2010.02502, eq. 12).
+- Consistency: multistep consistency sampling (Song et al. 2023, arXiv 2303.01469, Algorithm 1)
+  for a policy distilled by policy/consistency.py.
+- OneShot: the "mse" objective's single network evaluation on a zero chunk at timestep 0.
+
+A sampler is its k plus code. predict_action draws all its noise before the loop (the initial
+noise, then ``num_draws`` per-step draws in step order) and passes the visited timesteps as a
+device tensor, so that ``sample`` does device work only and a CUDA graph can capture it
+(policy/cuda_graphs.py). The step math itself (posterior, DDIM update, re-noising) lives in
+policy/schedule.py; a sampler says which of it to call, in which order, with which network.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+
+if TYPE_CHECKING:  # a type only: diffusion.py imports this module
+    from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+
+SamplerName = Literal["ddpm", "ddim", "consistency", "mse"]
+
+
+class BaseSampler(ABC):
+    """One way to go from x at times[0] to a normalized chunk (B, T, Da) in k steps.
+
+    Class methods decide whether and how the sampler applies to a policy config; an instance
+    (made by get_sampler) holds k and runs the loop. A subclass sets `name` and writes `step`;
+    the other methods have defaults that fit an epsilon-prediction diffusion policy (a
+    consistency-distilled one is refused; k in [1, K], K by default; timesteps spaced by the
+    schedule; no per-step draws).
+    """
+
+    name: ClassVar[str]
+    starts_from_noise: ClassVar[bool] = True
+    """x at times[0] is pure noise (the first draw, or predict_action's `noise`); False: zeros."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    # ------------------------------------------------------------ choosing (config only)
+    @classmethod
+    def unfit_reason(cls, cfg: PolicyConfig) -> str | None:
+        """Why this sampler cannot sample the policy of `cfg`, or None where it can."""
+        if cfg.consistency_timesteps is not None:
+            return "it was consistency-distilled (consistency_timesteps set)"
+        return None
+
+    @classmethod
+    def check_fits(cls, cfg: PolicyConfig) -> None:
+        """Refuse to sample the policy of `cfg` if unfit, naming the samplers that fit it."""
+        reason = cls.unfit_reason(cfg)
+        if reason is not None:
+            fits = " or ".join(repr(n) for n, s in SAMPLERS.items() if s.unfit_reason(cfg) is None)
+            raise ValueError(
+                f"sampler {cls.name!r} does not fit this policy: {reason}; it samples with {fits}"
+            )
+
+    steps_limit: ClassVar[str] = "K, num_train_timesteps"  # what max_steps is, for messages
+
+    @classmethod
+    def max_steps(cls, cfg: PolicyConfig) -> int:
+        return cfg.num_train_timesteps  # one network evaluation per training timestep at most
+
+    @classmethod
+    def default_steps(cls, cfg: PolicyConfig) -> int:
+        """k when the caller gives none and this is not the config's sampler."""
+        return cls.max_steps(cfg)
+
+    @classmethod
+    def check_steps(cls, cfg: PolicyConfig, k: int) -> None:
+        hi = cls.max_steps(cfg)
+        if not 1 <= k <= hi:
+            raise ValueError(
+                f"{cls.name} inference steps k={k} must be in [1, {hi}] ({cls.steps_limit})"
+            )
+
+    # ------------------------------------------------------------ sampling
+    @property
+    def num_draws(self) -> int:
+        """Noise draws (B, T, Da) the loop takes after the initial noise: step_noise's length."""
+        return 0
+
+    def timesteps(self, policy: DiffusionPolicy) -> torch.Tensor:
+        """The k timesteps the loop visits, descending, as a (k,) long tensor on the policy's
+        device (a device-to-device move at most: nothing is read back to the host)."""
+        return policy.schedule.inference_timesteps(self.k).to(policy.device)  # (k,)
+
+    @abstractmethod
+    def step(
+        self,
+        policy: DiffusionPolicy,
+        i: int,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        times: torch.Tensor,
+        step_noise: torch.Tensor,
+    ) -> torch.Tensor:
+        """Step i: x (B, T, Da) at times[i] -> the next sample (B, T, Da). cond (B, Dc);
+        times (k,); step_noise (num_draws, B, T, Da). Device work only."""
+
+    def sample(
+        self,
+        policy: DiffusionPolicy,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        step_noise: torch.Tensor,
+        times: torch.Tensor,
+        record: Callable[[torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """The loop from x (B, T, Da) at times[0] to a normalized chunk (B, T, Da). `record`
+        sees each intermediate sample (not the last, which is the result)."""
+        k = times.shape[0]
+        for i in range(k):
+            x = self.step(policy, i, x, cond, times, step_noise)
+            if record is not None and i < k - 1:
+                record(x)
+        return x
+
+
+def next_timestep(times: torch.Tensor, i: int) -> torch.Tensor:
+    """(1,): the timestep visited after times[i], or -1 (the clean chunk, alpha_bar = 1) after
+    the last. With the schedule's spacing this is times[i] - K // k, diffusers' prev_timestep."""
+    if i + 1 < times.shape[0]:
+        return times[i + 1 : i + 2]
+    return torch.full_like(times[i : i + 1], -1)  # a fill on the device, no host copy
+
+
+class DDPM(BaseSampler):
+    """Ancestral sampling, Ho et al. 2020 Algorithm 2; k = K by default (every timestep)."""
+
+    name = "ddpm"
+
+    @property
+    def num_draws(self) -> int:
+        return self.k  # z of every step (the last one, onto x_0, multiplies it by 0)
+
+    def step(
+        self,
+        policy: DiffusionPolicy,
+        i: int,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        times: torch.Tensor,
+        step_noise: torch.Tensor,
+    ) -> torch.Tensor:
+        t, prev_t = times[i : i + 1], next_timestep(times, i)  # (1,): broadcast over the batch
+        # 1. eps_theta(x_t, t), the network's noise estimate (eq. 11)
+        eps = policy.net(x, t, cond)  # (B, T, Da)
+        # 2. x_{t-1} ~ q(x_{t-1} | x_t, x_0): x_0 from eq. 15 (clipped), posterior mean from
+        #    eq. 7, plus sigma_t z (eq. 6, Algorithm 2 line 4); strided when prev_t < t - 1
+        return policy.schedule.ddpm_step(eps, t, x, step_noise[i], prev_t=prev_t)  # (B, T, Da)
+
+
+class DDIM(BaseSampler):
+    """Deterministic DDIM, Song et al. 2021 eq. 12 with eta = 0; k = 10 by default."""
+
+    name = "ddim"
+
+    @classmethod
+    def default_steps(cls, cfg: PolicyConfig) -> int:
+        return 10
+
+    def step(
+        self,
+        policy: DiffusionPolicy,
+        i: int,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        times: torch.Tensor,
+        step_noise: torch.Tensor,
+    ) -> torch.Tensor:
+        t, prev_t = times[i : i + 1], next_timestep(times, i)  # (1,)
+        # 1. eps_theta(x_t, t), the network's noise estimate
+        eps = policy.net(x, t, cond)  # (B, T, Da)
+        # 2. x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev) eps (eq. 12, sigma = 0), with
+        #    x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) clipped ("predicted x_0")
+        return policy.schedule.ddim_step(eps, t, prev_t, x)  # (B, T, Da)
+
+
+class Consistency(BaseSampler):
+    """Multistep consistency sampling, Song et al. 2023 Algorithm 1: jump from noise to x_0
+    with the consistency function, then re-noise the estimate to a lower grid timestep and jump
+    again. Only for a distilled policy; k in [1, len(consistency_timesteps)]."""
+
+    name = "consistency"
+    steps_limit = "the size of consistency_timesteps, the distillation grid"
+
+    @classmethod
+    def unfit_reason(cls, cfg: PolicyConfig) -> str | None:
+        if cfg.consistency_timesteps is None:
+            return "it is a diffusion policy; 'consistency' needs a policy distilled by scripts.distill"
+        return None
+
+    @classmethod
+    def max_steps(cls, cfg: PolicyConfig) -> int:
+        return len(cfg.consistency_timesteps)
+
+    @classmethod
+    def default_steps(cls, cfg: PolicyConfig) -> int:
+        return cfg.num_inference_steps  # a distilled policy's sampler is always its config's
+
+    @property
+    def num_draws(self) -> int:
+        return self.k - 1  # one per re-noising
+
+    def timesteps(self, policy: DiffusionPolicy) -> torch.Tensor:
+        """The grid's first (top) timestep, where the student learned to map pure noise, then
+        evenly spaced grid points below it (grid 90, 80, ..., 0: k=2 -> 90, 40)."""
+        grid = policy.cfg.consistency_timesteps
+        points = [grid[i * len(grid) // self.k] for i in range(self.k)]
+        return torch.tensor(points, device=policy.device)  # (k,)
+
+    def step(
+        self,
+        policy: DiffusionPolicy,
+        i: int,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        times: torch.Tensor,
+        step_noise: torch.Tensor,
+    ) -> torch.Tensor:
+        t = times[i : i + 1]  # (1,)
+        # 1. re-noise the previous x_0 estimate to t (Algorithm 1 line 5, in the VP form of
+        #    DDPM eq. 4: x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) z); the first step starts at noise
+        if i > 0:
+            x = policy.schedule.add_noise(x, step_noise[i - 1], t)  # (B, T, Da)
+        # 2. x_0 = f_theta(x_t, t), the consistency function (Algorithm 1 lines 2 and 6)
+        x = policy.consistency_fn(x, t, cond)  # (B, T, Da)
+        # 3. clip to the normalized action range, as the diffusion samplers clip x_0
+        if policy.schedule.clip_sample:
+            x = x.clamp(-policy.schedule.clip_sample_range, policy.schedule.clip_sample_range)
+        return x
+
+
+class OneShot(BaseSampler):
+    """The "mse" objective's prediction: one network evaluation on a zero chunk at timestep 0,
+    so that the only input that varies is the condition (compute_loss fits this call). No
+    noise, and k = 1; get_sampler picks it for every "mse" policy, whatever was asked."""
+
+    name = "mse"
+    starts_from_noise = False
+    steps_limit = "one network evaluation"
+
+    @classmethod
+    def unfit_reason(cls, cfg: PolicyConfig) -> str | None:
+        if cfg.objective != "mse":
+            return "'mse' is the one-shot prediction of objective 'mse'"
+        return None
+
+    @classmethod
+    def max_steps(cls, cfg: PolicyConfig) -> int:
+        return 1
+
+    def timesteps(self, policy: DiffusionPolicy) -> torch.Tensor:
+        return torch.zeros(1, dtype=torch.long, device=policy.device)  # (1,): timestep 0
+
+    def step(
+        self,
+        policy: DiffusionPolicy,
+        i: int,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        times: torch.Tensor,
+        step_noise: torch.Tensor,
+    ) -> torch.Tensor:
+        # 1. the chunk is the network's output for the zero chunk x at timestep 0
+        return policy.net(x, times[i : i + 1], cond)  # (B, T, Da)
+
+
+# The registry: a new sampler is a class above plus its entry here (and its name in
+# SamplerName, for type checkers).
+SAMPLERS: dict[str, type[BaseSampler]] = {s.name: s for s in (DDPM, DDIM, Consistency, OneShot)}
+
+
+def sampler_class(name: str) -> type[BaseSampler]:
+    """The registered sampler called `name`; unknown names are refused with the known ones."""
+    if name not in SAMPLERS:
+        known = ", ".join(repr(n) for n in SAMPLERS)
+        raise ValueError(f"unknown sampler {name!r}; use one of {known}")
+    return SAMPLERS[name]
+
+
+def get_sampler(
+    cfg: PolicyConfig, name: SamplerName | None = None, k: int | None = None
+) -> BaseSampler:
+    """The sampler predict_action runs for a policy with config `cfg`: the one place a
+    sampler is chosen. name None takes the config's sampler; k None takes the config's
+    num_inference_steps for the config's own sampler, else the sampler's default (K for DDPM,
+    10 for DDIM), and so does k = 0. An "mse" policy runs OneShot whatever the name and k
+    (an unknown name is still refused)."""
+    if name is not None:
+        sampler_class(name)
+    if cfg.objective == "mse":
+        name, k = OneShot.name, None
+    cls = sampler_class(name or cfg.sampler)
+    cls.check_fits(cfg)
+    if k is None and cls.name == cfg.sampler:
+        k = cfg.num_inference_steps
+    k = k or cls.default_steps(cfg)
+    cls.check_steps(cfg, k)
+    return cls(k)
+
+
+__all__ = [
+    "DDIM",
+    "DDPM",
+    "SAMPLERS",
+    "BaseSampler",
+    "Consistency",
+    "OneShot",
+    "SamplerName",
+    "get_sampler",
+    "next_timestep",
+    "sampler_class",
+]
