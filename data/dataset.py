@@ -77,8 +77,8 @@ class WindowDataset(Dataset):
                 f"n_action_steps={n_action_steps} with horizon={horizon}, "
                 f"n_obs_steps={n_obs_steps}: expected Ta <= T - To + 1"
             )
-        if pad_after is None:
-            pad_after = n_action_steps - 1
+        if pad_after is None:  # every frame, the last ones too, is some window's newest obs
+            pad_after = horizon - n_obs_steps
         if not 0 <= pad_after <= horizon - n_obs_steps:
             raise ValueError(
                 f"pad_after={pad_after}: expected 0 <= pad_after <= T - To = "

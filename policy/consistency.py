@@ -46,15 +46,15 @@ import torch.nn.functional as F
 from dplite.policy.diffusion import DiffusionPolicy
 from dplite.policy.ema import EMA
 from dplite.policy.samplers import DDIM, Consistency
-from dplite.policy.schedule import spaced_timesteps
+from dplite.policy.schedule import Spacing, spaced_timesteps
 
 
-def ddim_grid(num_train_timesteps: int, n: int) -> tuple[int, ...]:
+def ddim_grid(num_train_timesteps: int, n: int, spacing: Spacing = "leading") -> tuple[int, ...]:
     """The teacher timesteps of a DDIM-n sample (schedule.spaced_timesteps): K=100, n=10 ->
-    90 ... 0."""
+    90 ... 0 (leading) or 99, 89, ..., 9 (trailing)."""
     if not 1 <= n <= num_train_timesteps:
         raise ValueError(f"grid size n={n} must be in [1, K={num_train_timesteps}]")
-    return tuple(spaced_timesteps(num_train_timesteps, n).tolist())
+    return tuple(spaced_timesteps(num_train_timesteps, n, spacing).tolist())
 
 
 class ConsistencyDistiller:
@@ -90,7 +90,9 @@ class ConsistencyDistiller:
         if distance not in ("l2", "huber"):
             raise ValueError(f"distance={distance!r}: expected 'l2' or 'huber'")
         self.distance = distance
-        grid = ddim_grid(tcfg.num_train_timesteps, 10) if grid is None else tuple(grid)
+        if grid is None:  # the teacher's own DDIM 10
+            grid = ddim_grid(tcfg.num_train_timesteps, 10, tcfg.timestep_spacing)
+        grid = tuple(grid)
         cfg = dataclasses.replace(
             tcfg, consistency_timesteps=grid, sampler="consistency", num_inference_steps=1
         )  # validates the grid

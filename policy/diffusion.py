@@ -54,11 +54,13 @@ from dplite.policy.cuda_graphs import GraphedCall
 from dplite.policy.encoders import CameraConfig, ObsEncoder
 from dplite.policy.normalizer import Normalizer
 from dplite.policy.samplers import BaseSampler, Consistency, SamplerName, get_sampler, sampler_class
-from dplite.policy.schedule import NoiseSchedule
+from dplite.policy.schedule import SPACINGS, NoiseSchedule, Spacing
 from dplite.policy.unet1d import ConditionalUnet1D
 
 Sampler = SamplerName  # a sampler's name (policy/samplers.py); "mse" only names OneShot
 Objective = Literal["diffusion", "mse"]
+# the spacing new policies get (docs/benchmarks.md has the measurement behind the choice)
+DEFAULT_SPACING: Spacing = "trailing"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -113,6 +115,11 @@ class PolicyConfig:
     """"diffusion": epsilon prediction, sampled with DDPM / DDIM. "mse": the same network
     regresses the normalized chunk directly (input a zero chunk, timestep 0) and predicts with
     one evaluation; the schedule and sampler settings are then unused."""
+    timestep_spacing: Spacing = DEFAULT_SPACING
+    """Which k of the K timesteps a DDPM / DDIM sample with k < K visits (schedule.
+    spaced_timesteps): "trailing" starts every k at t = K - 1 (Lin et al. 2024); "leading"
+    starts at (k - 1) K // k. A config saved before this field existed loads as "leading", the
+    only spacing there was then, so old policies sample as they always did."""
 
     def __post_init__(self) -> None:
         self.obs_shapes = {k: tuple(int(d) for d in v) for k, v in self.obs_shapes.items()}
@@ -167,6 +174,10 @@ class PolicyConfig:
             raise ValueError(
                 f"unknown variance_type {self.variance_type!r}; use 'fixed_small' or 'fixed_large'"
             )
+        if self.timestep_spacing not in SPACINGS:
+            raise ValueError(
+                f"unknown timestep_spacing {self.timestep_spacing!r}; use one of {SPACINGS}"
+            )
         if self.consistency_timesteps is not None:
             grid = self.consistency_timesteps = tuple(int(t) for t in self.consistency_timesteps)
             K = self.num_train_timesteps
@@ -218,6 +229,8 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> PolicyConfig:
+        d = dict(d)
+        d.setdefault("timestep_spacing", "leading")  # saved before the field: leading only
         return config_from_dict(cls, d)
 
 

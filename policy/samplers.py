@@ -94,7 +94,8 @@ class BaseSampler(ABC):
     def timesteps(self, policy: DiffusionPolicy) -> torch.Tensor:
         """The k timesteps the loop visits, descending, as a (k,) long tensor on the policy's
         device (a device-to-device move at most: nothing is read back to the host)."""
-        return policy.schedule.inference_timesteps(self.k).to(policy.device)  # (k,)
+        spacing = policy.cfg.timestep_spacing
+        return policy.schedule.inference_timesteps(self.k, spacing=spacing).to(policy.device)
 
     @abstractmethod
     def step(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from fractions import Fraction
 from typing import Literal
 
 import torch
@@ -28,6 +29,8 @@ Timestep = int | torch.Tensor  # python int, 0-d or (B,) long tensor
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 SAMPLERS = ("ddpm", "ddim")
+Spacing = Literal["leading", "trailing"]
+SPACINGS = ("leading", "trailing")
 
 
 def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -241,29 +244,45 @@ class NoiseSchedule:
         x_prev = _c(ab_prev.sqrt(), x_t) * x0 + _c(direction, x_t) * eps  # (B, ...)
         return x_prev if eta == 0 else x_prev + _c(sigma, x_t) * noise
 
-    def inference_timesteps(self, k: int, sampler: Sampler = "ddpm") -> torch.Tensor:
+    def inference_timesteps(
+        self, k: int, sampler: Sampler = "ddpm", spacing: Spacing = "leading"
+    ) -> torch.Tensor:
         """k descending timesteps out of K (spaced_timesteps), on the tables' device.
 
-        DDPM with k == K gives K-1 .. 0; DDIM k=10, K=100 gives 90, 80, ..., 0. Both samplers
-        share the spacing; step from ts[i] to ts[i + 1] (= ts[i] - K // k; -1 after the last).
+        DDPM with k == K gives K-1 .. 0 with either spacing; DDIM k=10, K=100 gives 90, ..., 0
+        (leading) or 99, 89, ..., 9 (trailing). Step from ts[i] to ts[i + 1] (-1 after the last).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r}; expected one of {SAMPLERS}")
         K = self.num_train_timesteps
         if not isinstance(k, int) or not 1 <= k <= K:
             raise ValueError(f"{sampler} inference steps k={k!r}; expected an int in [1, {K}]")
-        return spaced_timesteps(K, k).to(self._alpha_bar.device)  # (k,)
+        return spaced_timesteps(K, k, spacing).to(self._alpha_bar.device)  # (k,)
 
 
-def spaced_timesteps(num_train_timesteps: int, k: int) -> torch.Tensor:
+def spaced_timesteps(
+    num_train_timesteps: int, k: int, spacing: Spacing = "leading"
+) -> torch.Tensor:
     """The k of K timesteps a k-step sampler visits, descending, as a (k,) long tensor.
 
-    diffusers' "leading" spacing: (k-1) s, ..., s, 0 with s = K // k (K=100, k=10: 90 ... 0).
     The one place the spacing is computed: DDPM / DDIM (inference_timesteps) and the
     consistency distillation grid (policy/consistency.py, ddim_grid) all come from here.
     Expects 1 <= k <= K (the callers check it, with their own messages).
+
+    * "leading" (the DDIM paper's code, diffusers' default): (k-1) s, ..., s, 0 with s = K // k.
+      K=100: k=10 -> 90, 80, ..., 0; k=2 -> 50, 0; k=1 -> 0. The first step treats pure noise
+      as the sample at t = (k-1) s, far below K-1 for small k.
+    * "trailing" (Lin et al. 2024, arXiv 2305.08891, Sec. 3.4): round(K - i K / k) - 1 for
+      i = 0 .. k-1. K=100: k=10 -> 99, 89, ..., 9; k=2 -> 99, 49; k=1 -> 99. Every k starts
+      at t = K-1, where the sample is (almost) pure noise, as the first step assumes.
     """
-    return torch.arange(k - 1, -1, -1, dtype=torch.long) * (num_train_timesteps // k)  # (k,)
+    K = num_train_timesteps
+    if spacing == "leading":
+        return torch.arange(k - 1, -1, -1, dtype=torch.long) * (K // k)  # (k,)
+    if spacing == "trailing":
+        # exact rationals, rounded half to even like numpy's round of K - i K / k
+        return torch.tensor([round(Fraction(K * (k - i), k)) - 1 for i in range(k)])  # (k,)
+    raise ValueError(f"timestep spacing {spacing!r}; expected one of {SPACINGS}")
 
 
 def _x0_from_eps(eps: torch.Tensor, x_t: torch.Tensor, ab_t: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ clip_grad_norm_; optimizer step; LR step; after_step(); EMA update; step += 1.
 Under torchrun (DistributedDataParallel) every rank runs the loop on its share of the batch
 and the model handed to loss_fn is the DDP wrapper, whose backward averages the gradients;
 rank 0 logs, evaluates and writes while the others wait. The process-group helpers live here
-too: dist_rank_world, rank_device, mean_over_ranks, barrier.
+too: backend_for, dist_rank_world, rank_device, mean_over_ranks, barrier.
 """
 
 from __future__ import annotations
@@ -76,14 +76,20 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
 # ---------------------------------------------------------------------------- process group
 
 
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size): joins the process group when started by torchrun."""
+def backend_for(device: torch.device) -> str:
+    """The process-group backend for tensors on ``device``: NCCL for CUDA, gloo for anything
+    else (a --device cpu run on a GPU host too: NCCL cannot move CPU tensors)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def dist_rank_world(device: torch.device) -> tuple[int, int]:
+    """(rank, world size): joins the process group, with the backend ``device`` needs, when
+    started by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:
         return 0, 1
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group(backend_for(device))
     return dist.get_rank(), dist.get_world_size()
 
 

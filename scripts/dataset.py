@@ -17,6 +17,7 @@ import numpy as np
 import tyro
 
 from dplite.data.replay_buffer import DatasetError, ReplayBuffer
+from dplite.envs.options import run_command
 
 
 @dataclass
@@ -89,8 +90,7 @@ def main(cmd: Info | Validate) -> int:
 
 def cli(args: Sequence[str] | None = None) -> None:
     """Console entry point (dp-dataset)."""
-    cmd = tyro.cli(Command, args=args, description=__doc__)
-    status = main(cmd)
+    status = run_command(main, Command, "dp-dataset", args=args, description=__doc__)
     if status:
         sys.exit(status)
 

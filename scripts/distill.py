@@ -35,14 +35,14 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 
 from dplite.data.dataset import WindowDataset
 from dplite.envs import EVAL_SEED_START
 from dplite.envs.evaluate import evaluate_policy
+from dplite.envs.options import run_command
 from dplite.envs.tasks import task_from_metadata
 from dplite.policy.actor import PolicyActor
-from dplite.policy.checkpoint import CheckpointError, atomic_dir, find_policy_dir
+from dplite.policy.checkpoint import atomic_dir, find_policy_dir
 from dplite.policy.consistency import ConsistencyDistiller, ddim_grid, teacher_gap
 from dplite.policy.device import resolve_device
 from dplite.policy.diffusion import DiffusionPolicy
@@ -67,8 +67,11 @@ class Config:
     """Peak learning rate (warm-up, then cosine decay to 0)."""
     warmup_steps: int = 100
     grid_steps: int = 10
-    """N: the teacher's ODE is followed on the timesteps of a DDIM-N sample (90, 80, ..., 0 for
-    N = 10, K = 100); 1- and 2-step sampling start from the top one."""
+    """N: the teacher's ODE is followed on the timesteps of a DDIM-N sample (K = 100, N = 10:
+    99, 89, ..., 9 trailing, 90, 80, ..., 0 leading); 1- and 2-step sampling start from the
+    top one."""
+    grid_spacing: Literal["leading", "trailing"] | None = None
+    """Spacing of that grid (default: the teacher's own timestep_spacing)."""
     target_decay: float = 0.95
     """mu, the decay of the target network's moving average of the student."""
     distance: Literal["l2", "huber"] = "huber"
@@ -139,7 +142,7 @@ def open_dataset(cfg: Config, teacher: DiffusionPolicy) -> tuple[WindowDataset, 
         seed=cfg.seed,
         in_memory=True,
         obs_steps_only=True,
-        pad_after=pcfg.horizon - pcfg.n_obs_steps,
+        pad_after=teacher.metadata.get("pad_after"),  # as the teacher was trained; None: T - To
     )
     return data, str(path)
 
@@ -160,7 +163,8 @@ def distill(cfg: Config) -> dict:
             f"dataset observation shapes {shapes} / action size {data.action_dim} differ from "
             f"the teacher's {teacher.cfg.obs_shapes} / {teacher.cfg.action_dim}"
         )
-    grid = ddim_grid(teacher.cfg.num_train_timesteps, cfg.grid_steps)
+    spacing = cfg.grid_spacing or teacher.cfg.timestep_spacing
+    grid = ddim_grid(teacher.cfg.num_train_timesteps, cfg.grid_steps, spacing)
     distiller = ConsistencyDistiller(
         teacher, grid=grid, target_decay=cfg.target_decay, distance=cfg.distance
     )
@@ -253,12 +257,7 @@ def finish(
 
 
 def cli() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = tyro.cli(Config)
-    try:
-        distill(cfg)
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"dplite.scripts.distill: {e}") from e
+    run_command(distill, Config, "dp-distill")
 
 
 if __name__ == "__main__":

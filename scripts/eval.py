@@ -15,6 +15,7 @@ N sampler-noise seeds and pools them, for rates finer than one 50-episode run re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class Config:
     inference_steps: int | None = None
     """Denoising steps k (default: the policy's own k for its own sampler, else K for ddpm and
     10 for ddim)."""
+    timestep_spacing: Literal["leading", "trailing"] | None = None
+    """Which timesteps a DDPM / DDIM sample with k < K visits (default: the policy's own;
+    policies trained before the option existed use leading)."""
     seed_start: int = envs.EVAL_SEED_START
     """First evaluation seed; episodes use seed_start, seed_start + 1, ..."""
     n_action_steps: int | None = None
@@ -86,6 +90,8 @@ def main(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
     policy_dir = find_policy_dir(cfg.checkpoint)
     policy = DiffusionPolicy.from_pretrained(policy_dir, device=device)
+    if cfg.timestep_spacing is not None:
+        policy.cfg = dataclasses.replace(policy.cfg, timestep_spacing=cfg.timestep_spacing)
     if cfg.cuda_graphs:
         if device.type != "cuda":
             raise SystemExit(
@@ -113,6 +119,7 @@ def main(cfg: Config) -> dict:
         checkpoint=str(policy_dir),
         device=str(device),
         cuda_graphs=cfg.cuda_graphs,
+        timestep_spacing=policy.cfg.timestep_spacing,
         train_step=policy.metadata.get("step"),
     )
     video_dir = cfg.video_dir or policy_dir / "videos"

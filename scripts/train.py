@@ -53,14 +53,13 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-import tyro
 from torch import nn
 
 from dplite.data.dataset import WindowDataset
 from dplite.data.replay_buffer import ReplayBuffer
 from dplite.envs import EVAL_SEED_START
 from dplite.envs.evaluate import evaluate_policy
-from dplite.envs.options import EnvArgs, EnvOptions
+from dplite.envs.options import EnvArgs, EnvOptions, run_command
 from dplite.envs.tasks import (
     TaskSpec,
     check_env_fits,
@@ -72,10 +71,16 @@ from dplite.envs.tasks import (
 from dplite.policy.actor import PolicyActor
 from dplite.policy.checkpoint import atomic_write
 from dplite.policy.device import resolve_device
-from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.diffusion import DEFAULT_SPACING, DiffusionPolicy, PolicyConfig
 from dplite.policy.encoders import CameraConfig
 from dplite.policy.normalizer import Normalizer
-from dplite.policy.training import LoopConfig, TrainLoop, dist_rank_world, rank_device
+from dplite.policy.training import (
+    LoopConfig,
+    TrainLoop,
+    dist_rank_world,
+    rank_device,
+    warmup_cosine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +134,9 @@ class Config:
     """Max gradient norm (0 turns clipping off)."""
     ema_power: float = 0.75
     val_ratio: float = 0.05
+    split_seed: int = 0
+    """Seed of the train / validation split by episode; apart from --seed, so that every
+    training seed trains on the same episodes."""
     max_train_episodes: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -141,11 +149,20 @@ class Config:
     eval_episodes: int = 20
     eval_sampler: Literal["ddpm", "ddim"] = "ddim"
     eval_inference_steps: int = 10
+    timestep_spacing: Literal["leading", "trailing"] = DEFAULT_SPACING
+    """Which timesteps DDPM / DDIM with k < K visit; recorded in the policy
+    (policy/schedule.py, spaced_timesteps)."""
     save_every: int = 1500
     keep_checkpoints: int = 2
     """How many step checkpoints to keep (the best policy is kept separately)."""
     progress: bool = True
     """Show a progress bar (turn off for CI logs)."""
+    extend_steps: bool = False
+    """Resume a run with a larger --steps than it was started with. The warm-up + cosine LR
+    schedule is then laid over the new total from step 0, so the LR jumps to where the new
+    schedule is at the resumed step (after 9000 of 9000 steps, resumed with --steps 20000, from
+    0 to about 0.64 of the peak) and decays to 0 at the new end. Without it a changed --steps
+    is refused like any other changed setting."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps", "log_every", "save_every", "keep_checkpoints"):
@@ -288,21 +305,24 @@ def diffusion_loss(model: nn.Module, b: dict) -> torch.Tensor:
 def validation_loss(
     val_data: WindowDataset | None, cfg: Config, world: int, device: torch.device
 ) -> Callable[[DiffusionPolicy, int], dict]:
-    """EMA loss on validation windows (rank 0's slice of 4 global batches). The windows come
-    from a generator of their own seeded by (seed, step), so they never shift training's
-    windows; the loss's noise and steps come from torch's global generator."""
+    """EMA loss on validation windows (rank 0's slice of 4 global batches). Windows, noise and
+    diffusion steps all come from generators of their own seeded by (seed, step), and the EMA
+    policy is in eval mode (centre crops), so validating never draws from a stream training
+    uses: the weights do not depend on --log-every."""
 
     @torch.no_grad()
     def validate(policy: DiffusionPolicy, step: int) -> dict:
         if val_data is None or len(val_data) == 0:
             return {}
         rng = np.random.default_rng([cfg.seed, step])
-        losses = [
-            policy.compute_loss(
-                window_batch(val_data, rng, cfg.batch_size, 0, world, device)
-            ).item()
-            for _ in range(4)
-        ]
+        gen = torch.Generator().manual_seed(int(rng.integers(2**63)))
+        losses = []
+        for _ in range(4):
+            b = window_batch(val_data, rng, cfg.batch_size, 0, world, device)
+            shape = b["action"].shape  # (B, T, Da)
+            noise = torch.randn(shape, generator=gen).to(device)  # (B, T, Da)
+            t = torch.randint(0, policy.cfg.num_train_timesteps, shape[:1], generator=gen)  # (B,)
+            losses.append(policy.compute_loss(b, noise=noise, timesteps=t.to(device)).item())
         return {"val_loss": float(np.mean(losses))}
 
     return validate
@@ -333,8 +353,9 @@ def setup(cfg: Config) -> TrainLoop:
         cfg.out = Path("outputs/runs") / output_name(spec)
     obs_keys, action_anchor = resolve_obs_and_anchor(cfg, spec)
     check_dataset_fits_env(cfg.dataset, spec, obs_keys)
-    rank, world = dist_rank_world()
-    device = rank_device(resolve_device(cfg.device), world)
+    device = resolve_device(cfg.device)
+    rank, world = dist_rank_world(device)
+    device = rank_device(device, world)
     if cfg.batch_size % world:
         raise ValueError(
             f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the "
@@ -350,11 +371,11 @@ def setup(cfg: Config) -> TrainLoop:
         n_obs_steps=cfg.n_obs_steps,
         n_action_steps=cfg.n_action_steps,
         val_ratio=cfg.val_ratio,
-        seed=cfg.seed,
+        seed=cfg.split_seed,
         max_train_episodes=cfg.max_train_episodes,
         in_memory=True,
         obs_steps_only=True,
-        pad_after=cfg.horizon - cfg.n_obs_steps if cfg.pad_after is None else cfg.pad_after,
+        pad_after=cfg.pad_after,  # None: T - To
     )
     val_data = data.get_validation_dataset() if cfg.val_ratio > 0 else None
     low_dim = [k for k in obs_keys if k not in image_keys]
@@ -382,6 +403,7 @@ def setup(cfg: Config) -> TrainLoop:
         objective=cfg.objective,
         sampler=cfg.eval_sampler,
         num_inference_steps=cfg.eval_inference_steps,
+        timestep_spacing=cfg.timestep_spacing,
     )
     policy = DiffusionPolicy(pcfg, Normalizer.from_stats(stats)).to(device)
     batches = GlobalBatches(data, cfg, pcfg, rank, world, device)
@@ -405,6 +427,7 @@ def setup(cfg: Config) -> TrainLoop:
         "env": spec.to_dict(),
         "dataset": str(cfg.dataset),
         "obs_keys": list(obs_keys),
+        "pad_after": data.pad_after,  # how the windows were cut: distillation cuts them alike
     }
     log.info(
         "%d training windows, %.2f M parameters, device %s%s",
@@ -428,10 +451,62 @@ def setup(cfg: Config) -> TrainLoop:
     )
 
 
+# Settings a run may resume with changed: they change what is logged, checked or shown, not the
+# weights (the device neither, to float rounding: a run may move to another machine).
+RESUMABLE = ("out", "log_every", "eval_every", "eval_episodes", "save_every",
+             "keep_checkpoints", "progress", "device", "extend_steps")  # fmt: skip
+# What a config.json written before a setting existed meant by it.
+LEGACY = {"split_seed": lambda rec: rec.get("seed", 0), "timestep_spacing": lambda rec: "leading"}
+
+
+def check_resume(cfg: Config) -> None:
+    """Refuse to resume cfg.out with other settings than it was started with (its
+    config.json), listing every field that differs; RESUMABLE fields may change, and --steps
+    may grow with --extend-steps (the LR schedule is then laid over the new total)."""
+    latest, recorded_path = cfg.out / "checkpoints" / "latest.json", cfg.out / "config.json"
+    if not (latest.is_file() and recorded_path.is_file()):
+        return  # nothing to resume
+    recorded = json.loads(recorded_path.read_text())
+    current = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    diffs = []
+    for key, new in current.items():
+        if key in recorded:
+            old = recorded[key]
+        elif key in LEGACY:
+            old = LEGACY[key](recorded)
+        else:  # a setting newer than the run whose default meant what it did before
+            old = new
+        if key in RESUMABLE or old == new:
+            continue
+        if key == "dataset" and Path(old).resolve() == Path(new).resolve():
+            continue
+        if key == "steps" and cfg.extend_steps and new > old:
+            step = json.loads(latest.read_text())["step"]
+            lr_old = warmup_cosine(cfg.warmup_steps, old)(step)
+            lr_new = warmup_cosine(cfg.warmup_steps, new)(step)
+            log.info(
+                "--extend-steps: %d -> %d steps; at step %d the LR goes from %.2f to %.2f of "
+                "its peak and decays to 0 at step %d",
+                old, new, step, lr_old, lr_new, new,
+            )  # fmt: skip
+            continue
+        diffs.append(f"  {key}: {old!r} -> {new!r}")
+    if diffs:
+        hint = (
+            " (or, for --steps, pass --extend-steps)" if any("steps:" in d for d in diffs) else ""
+        )
+        raise ValueError(
+            f"{cfg.out} was started with other settings than these ({recorded_path}), and "
+            "resuming would silently change the run:\n" + "\n".join(diffs) + "\nResume with "
+            f"the recorded settings, or train into a new --out{hint}"
+        )
+
+
 def main(cfg: Config) -> dict:
     """Train (or resume) the run cfg.out; returns TrainLoop.run's summary."""
     try:
         loop = setup(cfg)
+        check_resume(cfg)  # before config.json is rewritten and any state is loaded
         if loop.rank == 0:
             config = json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
             atomic_write(cfg.out / "config.json", config)
@@ -445,7 +520,7 @@ def cli() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if int(os.environ.get("RANK", 0)) > 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
-    main(tyro.cli(Config))
+    run_command(main, Config, "dp-train")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ TINY = dict(down_dims=(16, 32, 64), diffusion_step_embed_dim=32)
 
 def test_ddim_grid_is_the_ddim_samplers_timesteps():
     policy = DiffusionPolicy(PolicyConfig(obs_shapes={"s": (2,)}, **TINY))
-    for n in (1, 2, 10, 100):
-        expected = policy.schedule.inference_timesteps(n, sampler="ddim").tolist()
-        assert list(ddim_grid(100, n)) == expected
+    for spacing in ("leading", "trailing"):
+        for n in (1, 2, 3, 10, 100):
+            expected = policy.schedule.inference_timesteps(n, "ddim", spacing).tolist()
+            assert list(ddim_grid(100, n, spacing)) == expected
     with pytest.raises(ValueError, match="grid size"):
         ddim_grid(100, 0)
 
@@ -57,7 +58,8 @@ def test_sampler_must_fit_the_policy():
     student = ConsistencyDistiller(teacher).student
     assert student.sampler_settings() == ("consistency", 1)
     assert student.sampler_settings(None, 2) == ("consistency", 2)
-    assert student.consistency_timesteps(2) == [90, 40]
+    grid = student.cfg.consistency_timesteps  # the teacher's DDIM 10 timesteps
+    assert student.consistency_timesteps(2) == [grid[0], grid[5]]  # top, then halfway down
     with pytest.raises(ValueError, match="consistency-distilled"):
         student.sampler_settings("ddim", 10)
     with pytest.raises(ValueError, match=r"\[1, 10\]"):
@@ -273,8 +275,9 @@ def test_student_checkpoint_round_trip(toy, tmp_path):
     _, _, student, obs = toy
     student.save_pretrained(tmp_path / "cd")
     loaded = DiffusionPolicy.from_pretrained(tmp_path / "cd")
-    assert loaded.cfg == student.cfg and loaded.cfg.consistency_timesteps == tuple(
-        range(90, -1, -10)
+    # the default grid is the teacher's own DDIM 10 (its spacing: the default, trailing)
+    assert loaded.cfg == student.cfg and loaded.cfg.consistency_timesteps == ddim_grid(
+        100, 10, PolicyConfig().timestep_spacing
     )
     noise = torch.randn(4, T, 2)
     for k in (1, 2):
@@ -303,7 +306,9 @@ def test_distill_then_eval_through_the_scripts(tmp_path):
         warmup_steps=1, log_every=1, eval_episodes=1, progress=False,
     )  # fmt: skip
     summary = distill.distill(cfg)
-    assert summary["grid"] == list(range(90, -1, -10)) and "eval_success" in summary
+    # the teacher was trained with the default spacing: its DDIM 10 grid
+    grid = list(ddim_grid(100, 10, PolicyConfig().timestep_spacing))
+    assert summary["grid"] == grid and "eval_success" in summary
     assert not (tmp_path / "cd.tmp").exists()
     student = DiffusionPolicy.from_pretrained(tmp_path / "cd")
     teacher_dir = find_policy_dir(tmp_path / "run")

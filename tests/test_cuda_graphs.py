@@ -35,6 +35,7 @@ def _policy(
         n_action_steps=4,
         down_dims=(16, 32),
         diffusion_step_embed_dim=16,
+        timestep_spacing="leading",  # what _hand_loop lists
         **(extra if distilled else {}),
     )
     return DiffusionPolicy(cfg).eval()

@@ -59,7 +59,7 @@ def _write_dp_v2(path, eps):
     return path
 
 
-KW = dict(horizon=8, n_obs_steps=2, n_action_steps=4, val_ratio=0.2, seed=1)
+KW = dict(horizon=8, n_obs_steps=2, n_action_steps=4, val_ratio=0.2, seed=1, pad_after=3)
 
 
 @pytest.fixture(scope="module")

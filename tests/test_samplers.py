@@ -25,6 +25,9 @@ F64 = torch.float64
 
 
 def _policy(K: int = 100, variance_type: str = "fixed_small", **kw) -> DiffusionPolicy:
+    """A tiny policy; leading spacing unless asked (the hand-written loops below list leading
+    timesteps; the spacing section tests trailing)."""
+    kw.setdefault("timestep_spacing", "leading")
     torch.manual_seed(0)
     cfg = PolicyConfig(
         obs_shapes={"s": (3,)}, action_dim=DA, horizon=T, n_action_steps=4,
@@ -245,3 +248,32 @@ def test_a_new_sampler_is_one_class_and_one_registry_entry(monkeypatch):
     # the base class's fit: a distilled policy refuses it and names its own sampler
     with pytest.raises(ValueError, match="'x0jump' does not fit.*samples with 'consistency'"):
         _distilled().sampler_settings("x0jump")
+
+
+# ---------------------------------------------------------------- timestep spacing
+@pytest.mark.parametrize(
+    "spacing, k, visited",
+    [("trailing", 2, [99, 49]), ("leading", 2, [50, 0]), ("trailing", 1, [99]),
+     ("leading", 1, [0]), ("trailing", 3, [99, 66, 32])],
+)  # fmt: skip
+@torch.no_grad()
+def test_ddim_visits_the_configured_spacing(spacing, k, visited):
+    """predict_action's DDIM equals DDIM steps over the hand-listed timesteps, each step going
+    to the next visited one (the clean chunk after the last)."""
+    policy = _policy(timestep_spacing=spacing)
+    cond = policy.encode_obs(OBS)
+    (x,) = _draws(7, 1)
+    for i, t in enumerate(visited):
+        prev = visited[i + 1] if i + 1 < len(visited) else -1
+        x = policy.schedule.ddim_step(policy.net(x, t, cond), t, prev, x)
+    torch.testing.assert_close(_predict(policy, "ddim", k), x, atol=1e-6, rtol=0)
+
+
+def test_configs_saved_before_spacing_existed_load_as_leading():
+    saved = PolicyConfig().to_dict()
+    del saved["timestep_spacing"]
+    assert PolicyConfig.from_dict(saved).timestep_spacing == "leading"
+    trailing = {**saved, "timestep_spacing": "trailing"}
+    assert PolicyConfig.from_dict(trailing).timestep_spacing == "trailing"
+    with pytest.raises(ValueError, match="unknown timestep_spacing 'middle'"):
+        PolicyConfig(timestep_spacing="middle")

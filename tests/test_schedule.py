@@ -31,7 +31,7 @@ def _ours(K, beta_schedule, clip=True, variance_type="fixed_small"):
     )
 
 
-def _oracle(cls, K, beta_schedule, clip=True, f64=True, **kw):
+def _oracle(cls, K, beta_schedule, clip=True, f64=True, timestep_spacing="leading", **kw):
     ref = cls(
         num_train_timesteps=K,
         beta_schedule=beta_schedule,
@@ -41,7 +41,7 @@ def _oracle(cls, K, beta_schedule, clip=True, f64=True, **kw):
         clip_sample_range=1.0,
         prediction_type="epsilon",
         steps_offset=0,
-        timestep_spacing="leading",
+        timestep_spacing=timestep_spacing,
         **kw,
     )
     if f64:  # the oracle's own betas, with the products taken in float64
@@ -306,3 +306,56 @@ def test_ddim_eta_without_noise_raises():
     x = torch.zeros(B, T, DA)
     with pytest.raises(ValueError, match="eta=0.5"):
         _ours(100, "linear").ddim_step(x, 50, 40, x, eta=0.5)
+
+
+# ---------------------------------------------------------------------- timestep spacing
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 7, 8, 10, 20, 33, 100])
+def test_trailing_timesteps_equal_diffusers(k):
+    K = 100
+    ref = _oracle(DDIMScheduler, K, "squaredcos_cap_v2", timestep_spacing="trailing")
+    ref.set_timesteps(k)
+    ours = _ours(K, "squaredcos_cap_v2").inference_timesteps(k, "ddim", spacing="trailing")
+    assert ours.tolist() == ref.timesteps.tolist()
+    assert ours[0] == K - 1  # every k starts from pure noise
+    lead = _ours(K, "squaredcos_cap_v2").inference_timesteps(k, "ddim", spacing="leading")
+    assert lead.tolist() == [i * (K // k) for i in range(k - 1, -1, -1)]
+
+
+def test_trailing_hand_values():
+    ours = _ours(100, "linear")
+    assert ours.inference_timesteps(2, spacing="trailing").tolist() == [99, 49]
+    assert ours.inference_timesteps(1, spacing="trailing").tolist() == [99]
+    assert ours.inference_timesteps(10, spacing="trailing").tolist() == list(range(99, 0, -10))
+    assert ours.inference_timesteps(100, spacing="trailing").tolist() == list(range(99, -1, -1))
+    with pytest.raises(ValueError, match="timestep spacing 'middle'"):
+        ours.inference_timesteps(2, spacing="middle")
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 10])
+@pytest.mark.parametrize("clip", [True, False])
+def test_trailing_ddim_matches_diffusers_step_for_step(k, clip):
+    """diffusers' DDIMScheduler(timestep_spacing="trailing") steps from t to t - K // k; the
+    samplers step to the next visited timestep. Where k divides K the two are the same step,
+    so the samples must agree (for k = 3 diffusers would step 66 -> 33 and then start its next
+    step from 32, the samplers go 66 -> 32)."""
+    K = 100
+    ours = _ours(K, "squaredcos_cap_v2", clip)
+    ref = _oracle(
+        DDIMScheduler,
+        K,
+        "squaredcos_cap_v2",
+        clip,
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+    )
+    ref.set_timesteps(k)
+    ts = ours.inference_timesteps(k, "ddim", spacing="trailing").tolist()
+    assert ts == ref.timesteps.tolist()
+    eps_fn = _eps_fn(K)
+    g = torch.Generator().manual_seed(3)
+    x = y = torch.randn(B, T, DA, generator=g, dtype=F64)  # (B, T, Da)
+    for i, t in enumerate(ts):
+        prev = ts[i + 1] if i + 1 < k else -1
+        x = ours.ddim_step(eps_fn(x, t), t, prev, x)
+        y = ref.step(eps_fn(y, t), t, y, eta=0.0).prev_sample
+        _close(x, y, f"k={k} step {i} (t={t})")

@@ -9,6 +9,7 @@ import torch
 from dplite import envs
 from dplite.data.dataset import WindowDataset
 from dplite.data.replay_buffer import ReplayBuffer
+from dplite.data.sampler import split_episodes
 from dplite.envs.options import EnvOptions
 from dplite.envs.rollout import wilson_interval
 from dplite.envs.tasks import UnknownTaskError
@@ -209,7 +210,7 @@ def test_anchored_windows_near_episode_ends(tmp_path):
     rb.add_episode({"agent_pos": pos, "action": act})
     data = WindowDataset(tmp_path / "ramp.zarr", obs_keys=("agent_pos",), horizon=T,
                          n_obs_steps=To, n_action_steps=Ta, val_ratio=0.0,
-                         obs_steps_only=True)  # fmt: skip
+                         obs_steps_only=True, pad_after=Ta - 1)  # fmt: skip
     starts = range(-(To - 1), L - T + Ta)  # -1 .. 3: windows reach Ta - 1 rows past the end
     assert len(data) == len(starts)
     batch = data.get_batch(np.arange(len(data)))
@@ -255,3 +256,55 @@ def test_image_policy_trains_and_evaluates_through_the_scripts(tmp_path):
         )
     )
     assert out["episodes"] == 1 and out["errors"] == [] and out["mean_steps"] == 5
+
+
+# ---------------------------------------------------------------- resuming with other settings
+def test_resume_with_changed_settings_is_refused_naming_the_fields(dataset, tmp_path):
+    run = tmp_path / "run"
+    train.main(_cfg(dataset, run, steps=2))
+    recorded = (run / "config.json").read_text()
+    with pytest.raises(ValueError) as e:
+        train.main(_cfg(dataset, run, steps=2, down_dims=(8, 16, 32), lr=5e-4))
+    msg = str(e.value)
+    assert "down_dims: [16, 32, 64] -> [8, 16, 32]" in msg and "lr: 0.001 -> 0.0005" in msg
+    assert "steps" not in msg  # only what differs
+    assert (run / "config.json").read_text() == recorded  # nothing was overwritten
+    with pytest.raises(ValueError, match=r"(?s)steps: 2 -> 4.*--extend-steps"):
+        train.main(_cfg(dataset, run, steps=4))
+    # logging, evaluation cadence and progress may change; the run goes on from step 2
+    summary = train.main(_cfg(dataset, run, steps=2, log_every=5, eval_every=-1, progress=True))
+    assert summary["step"] == 2
+
+
+def test_extend_steps_lays_the_schedule_over_the_new_total(dataset, tmp_path):
+    run = tmp_path / "run"
+    train.main(_cfg(dataset, run, steps=4, warmup_steps=1))
+    summary = train.main(_cfg(dataset, run, steps=8, warmup_steps=1, extend_steps=True))
+    assert summary["step"] == 8
+    lrs = {
+        r["step"]: r["lr"]
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    }
+    peak = 1e-3
+    # after step 4 of a 4-step schedule the LR was 0; resumed on an 8-step one it is that
+    # schedule's value at step 5: 0.5 (1 + cos(pi 4 / 7)) of the peak, then down to 0 at 8
+    assert lrs[4] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[5] == pytest.approx(peak * 0.5 * (1 + np.cos(np.pi * 4 / 7)), rel=1e-9)
+    assert lrs[8] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_every_training_seed_trains_on_the_same_episodes(tmp_path):
+    data = tmp_path / "d.zarr"
+    collect.main(collect.Config(episodes=6, out=data, progress=False))
+    masks = [
+        train.setup(
+            _cfg(data, tmp_path / f"s{seed}", seed=seed, val_ratio=0.34)
+        ).rng_state.data.train_mask
+        for seed in (0, 1, 2)
+    ]
+    assert masks[0].sum() == 4  # 2 of 6 episodes held out
+    assert all((m == masks[0]).all() for m in masks)
+    # ... which it would not be if the split followed --seed (seeds 0 and 1 split differently)
+    assert not (split_episodes(6, 0.34, 0)[0] == split_episodes(6, 0.34, 1)[0]).all()
+    cfg = _cfg(data, tmp_path / "x", val_ratio=0.34, split_seed=1)
+    assert (train.setup(cfg).rng_state.data.train_mask == split_episodes(6, 0.34, 1)[0]).all()

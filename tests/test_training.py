@@ -144,7 +144,7 @@ def test_non_finite_loss_stops_before_the_weights_change(tmp_path):
 
 def test_process_group_helpers_outside_torchrun(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert dist_rank_world() == (0, 1)
+    assert dist_rank_world(torch.device("cpu")) == (0, 1)
     assert mean_over_ranks(0.25, torch.device("cpu")) == 0.25
     barrier()  # a no-op
 
@@ -226,7 +226,7 @@ def test_distill_is_the_documented_loop(dataset, tmp_path):
 
     torch.manual_seed(cfg.seed)
     teacher = DiffusionPolicy.from_pretrained(find_policy_dir(tmp_path / "run"))
-    grid = ddim_grid(teacher.cfg.num_train_timesteps, cfg.grid_steps)
+    grid = ddim_grid(teacher.cfg.num_train_timesteps, cfg.grid_steps, teacher.cfg.timestep_spacing)
     distiller = ConsistencyDistiller(teacher, grid=grid, target_decay=cfg.target_decay,
                                      distance=cfg.distance)  # fmt: skip
     student = distiller.student.train()
