@@ -280,14 +280,20 @@ class DiffusionPolicy(nn.Module):
         return next(self.net.parameters()).device
 
     # ---------------------------------------------------------------- conditioning
-    def encode_obs(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def encode_obs(
+        self,
+        obs: Mapping[str, torch.Tensor],
+        crop_offsets: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The newest To steps of each key, encoded and flattened: -> (B, To * Do).
 
         obs = {key: (B, >= To, ...)}, oldest first; a longer history is cut to its last To.
         Low-dim keys are normalized; camera keys (uint8 (B, >= To, H, W, C)) go through their
-        CNN, cropped at random in train mode and centered in eval mode.
+        CNN, cropped in train mode at crop_offsets {key: (B, To, 2)} (default: at random) and
+        centered in eval mode.
         """
-        return self.obs_encoder(obs, self.normalizer.normalize, self.device)  # (B, To * Do)
+        normalize, dev = self.normalizer.normalize, self.device
+        return self.obs_encoder(obs, normalize, dev, crop_offsets)  # (B, To * Do)
 
     def anchor(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
         """What actions are relative to: the newest anchor observation (B, 1, Da), or 0."""
@@ -311,14 +317,14 @@ class DiffusionPolicy(nn.Module):
         objective "mse", the MSE between the network's chunk and the normalized target chunk.
 
         batch = {"obs": {key: (B, >=To, ...)}, "action": (B, T, Da)} in raw units (camera keys
-        uint8 (B, >=To, H, W, C)). The window's
+        uint8 (B, >=To, H, W, C)), optionally "crop_offsets" {camera key: (B, To, 2)}. The window's
         first To observation steps condition the chunk (the timing convention). `noise`
         (B, T, Da) and `timesteps` (B,) may be given (default: drawn from torch's global RNG);
         the "mse" objective ignores them.
         """
         cfg = self.cfg
         obs, x0 = self.training_chunk(batch)
-        cond = self.encode_obs(obs)  # (B, To * Do)
+        cond = self.encode_obs(obs, batch.get("crop_offsets"))  # (B, To * Do)
         if cfg.objective == "mse":  # predict_action's one call (samplers.OneShot), fit by MSE
             return F.mse_loss(self.net(torch.zeros_like(x0), 0, cond), x0)
         noise = torch.randn_like(x0) if noise is None else noise  # (B, T, Da)

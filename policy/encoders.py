@@ -217,12 +217,25 @@ def random_crop(
 
     One gather on the images' device; offsets come from `generator` (default: torch's RNG).
     """
-    n, height, width = images.shape[:3]
-    h, w = size
-    dev = images.device
-    gen_dev = generator.device if generator is not None else dev
-    top = torch.randint(0, height - h + 1, (n,), generator=generator, device=gen_dev).to(dev)
-    left = torch.randint(0, width - w + 1, (n,), generator=generator, device=gen_dev).to(dev)
+    return crop_at(images, random_offsets(images.shape[:3], size, generator), size)
+
+
+def random_offsets(
+    shape: tuple[int, int, int], size: tuple[int, int], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Uniform (top, left) offsets of an (h, w) window in N images of (H, W): (N, 2) long,
+    on the generator's device (default: torch's RNG, on the CPU)."""
+    n, height, width = shape
+    dev = generator.device if generator is not None else None
+    top = torch.randint(0, height - size[0] + 1, (n,), generator=generator, device=dev)  # (N,)
+    left = torch.randint(0, width - size[1] + 1, (n,), generator=generator, device=dev)  # (N,)
+    return torch.stack([top, left], dim=1)  # (N, 2)
+
+
+def crop_at(images: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The (h, w) window at each image's (top, left): (N, H, W, C), (N, 2) -> (N, h, w, C)."""
+    n, (h, w), dev = images.shape[0], size, images.device
+    top, left = offsets.to(dev).unbind(1)  # (N,) each
     rows = top[:, None] + torch.arange(h, device=dev)  # (N, h)
     cols = left[:, None] + torch.arange(w, device=dev)  # (N, w)
     batch = torch.arange(n, device=dev)[:, None, None]  # (N, 1, 1)
@@ -262,17 +275,19 @@ class ImageEncoder(nn.Module):
         self.proj = nn.Linear(2 * cfg.num_keypoints, cfg.feature_dim)
         self.feature_dim = cfg.feature_dim
 
-    def crop(self, images: torch.Tensor) -> torch.Tensor:
+    def crop(self, images: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Train mode: at the given (top, left) offsets (N, 2), else at random ones; eval
+        mode: centered."""
         if tuple(images.shape[1:3]) == self.crop_size:
             return images
-        return (
-            random_crop(images, self.crop_size)
-            if self.training
-            else center_crop(images, self.crop_size)
-        )
+        if not self.training:
+            return center_crop(images, self.crop_size)
+        if offsets is None:
+            return random_crop(images, self.crop_size)
+        return crop_at(images, offsets, self.crop_size)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = to_float_chw(self.crop(images))  # (N, C, h, w)
+    def forward(self, images: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        x = to_float_chw(self.crop(images, offsets))  # (N, C, h, w)
         return self.proj(self.keypoints(self.trunk(x)))  # (N, feature_dim)
 
 
@@ -321,15 +336,20 @@ class ObsEncoder(nn.Module):
         obs: Mapping[str, torch.Tensor],
         normalize: Normalize | None = None,
         device: torch.device | str | None = None,
+        crop_offsets: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """obs = {key: (B, >= To, ...)}, oldest first; a longer history is cut to its last To.
-        Low-dim values are float (any dtype, converted to float32), images uint8 (H, W, C)."""
+        Low-dim values are float (any dtype, converted to float32), images uint8 (H, W, C).
+        crop_offsets {camera key: (B, To, 2)} fix the train-mode crops (default: random)."""
         to, parts = self.n_obs_steps, []
         for key in self.obs_shapes:
             x = self.checked(obs, key, device)[:, -to:]  # (B, To, *shape)
             if key in self.cameras:
                 b = x.shape[0]
-                f = self.cameras[key](x.flatten(0, 1))  # (B*To, F)
+                offsets = (crop_offsets or {}).get(key)  # (B, To, 2) or None
+                if offsets is not None:
+                    offsets = offsets.flatten(0, 1)  # (B*To, 2)
+                f = self.cameras[key](x.flatten(0, 1), offsets)  # (B*To, F)
                 parts.append(f.unflatten(0, (b, to)))  # (B, To, F)
             else:
                 x = normalize(key, x) if normalize is not None else x
@@ -377,6 +397,8 @@ __all__ = [
     "SmallCNN",
     "SpatialSoftmax",
     "center_crop",
+    "crop_at",
     "random_crop",
+    "random_offsets",
     "to_float_chw",
 ]

@@ -298,7 +298,7 @@ def get_sampler(
     """The sampler predict_action runs for a policy with config `cfg`: the one place a
     sampler is chosen. name None takes the config's sampler; k None takes the config's
     num_inference_steps for the config's own sampler, else the sampler's default (K for DDPM,
-    10 for DDIM), and so does k = 0. An "mse" policy runs OneShot whatever the name and k
+    10 for DDIM); k = 0 is refused. An "mse" policy runs OneShot whatever the name and k
     (an unknown name is still refused)."""
     if name is not None:
         sampler_class(name)
@@ -308,8 +308,9 @@ def get_sampler(
     cls.check_fits(cfg)
     if k is None and cls.name == cfg.sampler:
         k = cfg.num_inference_steps
-    k = k or cls.default_steps(cfg)
-    cls.check_steps(cfg, k)
+    if k is None:
+        k = cls.default_steps(cfg)
+    cls.check_steps(cfg, k)  # k = 0 is refused, not read as the default
     return cls(k)
 
 

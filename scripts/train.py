@@ -35,8 +35,9 @@ statistics, the policy's config, the rollout check); the loop itself (AdamW, LR 
 clipping, autocast, DDP, logs, checkpoints, resume) is dplite.policy.training.TrainLoop.
 Random streams, all seeded by --seed: torch.manual_seed (initial weights, anything else that
 draws from torch's global generator); per step, a numpy Generator draws the global batch's
-window indices, then a CPU torch.Generator its noise (B, T, Da) and then its diffusion steps
-(B,); validation windows come from a Generator seeded by (seed, step).
+window indices, then a CPU torch.Generator its noise (B, T, Da), its diffusion steps (B,) and
+the crop offsets of each cropped camera (B, To, 2); validation draws its windows, noise and
+steps from generators seeded by (seed, step).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ from dplite.policy.actor import PolicyActor
 from dplite.policy.checkpoint import atomic_write
 from dplite.policy.device import resolve_device
 from dplite.policy.diffusion import DEFAULT_SPACING, DiffusionPolicy, PolicyConfig
-from dplite.policy.encoders import CameraConfig
+from dplite.policy.encoders import CameraConfig, random_offsets
 from dplite.policy.normalizer import Normalizer
 from dplite.policy.training import (
     LoopConfig,
@@ -237,8 +238,9 @@ def check_dataset_fits_env(path: Path, spec: TaskSpec, obs_keys: tuple[str, ...]
 
 class GlobalBatches:
     """The training stream: each call draws one global batch of windows (numpy) and its noise
-    (B, T, Da) and diffusion steps (B,) (torch, on the CPU so that they do not depend on the
-    device), the same on every rank, and returns this rank's slice of it."""
+    (B, T, Da), diffusion steps (B,) and, for cropped cameras, crop offsets (B, To, 2) per
+    camera (torch, on the CPU so that they do not depend on the device), the same on every
+    rank, and returns this rank's slice of it."""
 
     def __init__(
         self,
@@ -253,6 +255,11 @@ class GlobalBatches:
         self.rank, self.world, self.device = rank, world, device
         self.rng = np.random.default_rng(cfg.seed)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed)
+        self.crops = {  # camera key -> crop (h, w), for the cameras that crop at all
+            key: cam.crop_size
+            for key, cam in pcfg.cameras.items()
+            if cam.crop_size is not None and cam.crop_size != pcfg.obs_shapes[key][:2]
+        }
 
     def __call__(self) -> dict:
         b = window_batch(
@@ -266,7 +273,17 @@ class GlobalBatches:
             0, self.pcfg.num_train_timesteps, (size,), generator=self.noise_gen
         )  # (B_global,)
         rows = slice(self.rank * n, (self.rank + 1) * n)
-        return {**b, "noise": noise[rows].to(self.device), "timesteps": t[rows].to(self.device)}
+        out = {**b, "noise": noise[rows].to(self.device), "timesteps": t[rows].to(self.device)}
+        if self.crops:  # camera crops from the same global stream: DDP equals one process
+            out["crop_offsets"] = {
+                key: random_offsets(
+                    (size * self.pcfg.n_obs_steps, *self.pcfg.obs_shapes[key][:2]),
+                    crop,
+                    self.noise_gen,
+                ).unflatten(0, (size, self.pcfg.n_obs_steps))[rows]  # (B, To, 2)
+                for key, crop in self.crops.items()
+            }
+        return out
 
     def state_dict(self) -> dict:
         return {"noise_rng": self.noise_gen.get_state(), "numpy_rng": self.rng.bit_generator.state}
@@ -296,10 +313,9 @@ def window_batch(
 
 def diffusion_loss(model: nn.Module, b: dict) -> torch.Tensor:
     """compute_loss through forward() (so that DDP averages the gradients), with the drawn
-    noise (B, T, Da) and diffusion steps (B,)."""
-    return model(
-        {"obs": b["obs"], "action": b["action"]}, noise=b["noise"], timesteps=b["timesteps"]
-    )
+    noise (B, T, Da), diffusion steps (B,) and camera crop offsets {key: (B, To, 2)}."""
+    batch = {"obs": b["obs"], "action": b["action"], "crop_offsets": b.get("crop_offsets")}
+    return model(batch, noise=b["noise"], timesteps=b["timesteps"])
 
 
 def validation_loss(

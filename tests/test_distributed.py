@@ -95,6 +95,42 @@ def test_two_processes_match_one_with_the_same_global_batch(dataset, tmp_path):
     assert [r["loss"] for r in logs] == pytest.approx([r["loss"] for r in ref], rel=1e-4)
 
 
+@pytest.fixture(scope="module")
+def image_dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ddp_img") / "pusht_img.zarr"
+    args = ["--task", "pusht", "--episodes", "3", "--images", "--out", str(path), "--no-progress"]
+    collect.main(tyro.cli(collect.Config, args=args))
+    return path
+
+
+# a camera policy with validation and rollout checks on (both on rank 0 only)
+CAMERA = ["--task", "pusht", "--obs-keys", "img", "agent_pos", "--image-crop", "84", "84",
+          "--down-dims", "16", "32", "64", "--diffusion-step-embed-dim", "16",
+          "--batch-size", "4", "--warmup-steps", "1", "--log-every", "1", "--eval-every", "1",
+          "--eval-episodes", "1", "--max-episode-steps", "3", "--val-ratio", "0.34",
+          "--no-progress"]  # fmt: skip
+
+
+def test_two_processes_match_one_for_a_camera_policy_with_checks(image_dataset, tmp_path):
+    """Random crops come from the global batch stream (each rank takes its rows' offsets), and
+    validation and rollout checks draw from streams of their own: two processes still train
+    the one-process weights."""
+    args = ["--dataset", image_dataset, *CAMERA, "--steps", "3", "--save-every", "3",
+            "--lr", "1e-4"]  # fmt: skip
+    finish(torchrun([*args, "--out", tmp_path / "ddp"]), timeout=300)
+    train.main(tyro.cli(train.Config, args=[*map(str, args), "--out", str(tmp_path / "one")]))
+    two, one = weights(tmp_path / "ddp"), weights(tmp_path / "one")
+    # The spatial softmax is blind to a constant added to a keypoint map, so that conv's bias
+    # has a gradient of exactly 0 up to rounding, which Adam turns into steps of up to lr
+    # either way: it may differ by 3 steps x lr, every other weight only by rounding.
+    blind = [k for k in two if k.endswith("keypoints.conv.bias")]
+    assert len(blind) == 2  # the policy's and its EMA's
+    assert_same({k: two.pop(k) for k in blind}, {k: one.pop(k) for k in blind}, atol=3.1e-4)
+    assert_same(two, one, atol=1e-5)
+    logs = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("val_loss" in r for r in logs) == 3 and sum("eval_success" in r for r in logs) == 3
+
+
 def test_killed_torchrun_run_resumes_from_its_checkpoint(dataset, tmp_path):
     args = ["--dataset", dataset, *TOY, *SMALL, "--steps", "150", "--save-every", "5"]
     finish(torchrun([*args, "--out", tmp_path / "whole"]))

@@ -1,5 +1,6 @@
 """Train and evaluate through the real scripts: smoke run, exact resume, checkpoint errors."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -122,6 +123,27 @@ def test_eval_pools_noise_seeds(dataset, tmp_path, monkeypatch):
         eval_script.Config(checkpoint=tmp_path, noise_seeds=0)
 
 
+@contextlib.contextmanager
+def killed_in_training_step(n: int, monkeypatch):
+    """A KeyboardInterrupt in the n-th training loss (validation runs the EMA copy, in eval
+    mode, and is not counted)."""
+    calls = {"n": 0}
+    real_loss = DiffusionPolicy.compute_loss
+
+    def dying_loss(self, batch, **kwargs):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt("killed")
+        return real_loss(self, batch, **kwargs)
+
+    monkeypatch.setattr(DiffusionPolicy, "compute_loss", dying_loss)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(DiffusionPolicy, "compute_loss", real_loss)
+
+
 def test_killed_run_resumes_exactly(dataset, tmp_path, monkeypatch):
     cfg = _cfg(dataset, tmp_path / "ref", steps=4, save_every=2)
     reference = train.setup(cfg)
@@ -129,19 +151,8 @@ def test_killed_run_resumes_exactly(dataset, tmp_path, monkeypatch):
 
     # the same run, killed during step 3 (after the step-2 checkpoint was written)
     killed_cfg = _cfg(dataset, tmp_path / "killed", steps=4, save_every=2)
-    calls = {"n": 0}
-    real_loss = DiffusionPolicy.compute_loss
-
-    def dying_loss(self, batch, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real_loss(self, batch, **kwargs)
-
-    monkeypatch.setattr(DiffusionPolicy, "compute_loss", dying_loss)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), killed_in_training_step(3, monkeypatch):
         train.setup(killed_cfg).run()
-    monkeypatch.setattr(DiffusionPolicy, "compute_loss", real_loss)
     ckpt = json.loads((tmp_path / "killed" / "checkpoints" / "latest.json").read_text())
     assert ckpt["step"] == 2
 
@@ -308,3 +319,50 @@ def test_every_training_seed_trains_on_the_same_episodes(tmp_path):
     assert not (split_episodes(6, 0.34, 0)[0] == split_episodes(6, 0.34, 1)[0]).all()
     cfg = _cfg(data, tmp_path / "x", val_ratio=0.34, split_seed=1)
     assert (train.setup(cfg).rng_state.data.train_mask == split_episodes(6, 0.34, 1)[0]).all()
+
+
+# ---------------------------------------------------------------- camera policies: own streams
+@pytest.fixture(scope="module")
+def image_dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "pusht_img.zarr"
+    collect.main(collect.Config(episodes=3, out=path, images=True, progress=False))
+    return path
+
+
+def _camera_cfg(data, out, **kw):
+    base = dict(obs_keys=("img", "agent_pos"), image_crop=(84, 84), batch_size=4, steps=4,
+                val_ratio=0.34, env=EnvOptions(max_episode_steps=3), eval_episodes=1)  # fmt: skip
+    return _cfg(data, out, **{**base, **kw})
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+
+
+def test_camera_weights_do_not_depend_on_validation_or_rollout_checks(image_dataset, tmp_path):
+    """Random crops draw from torch's global generator; validation and rollout checks must
+    not, or the weights would depend on --log-every and --eval-every."""
+    quiet = train.setup(_camera_cfg(image_dataset, tmp_path / "a", log_every=4, eval_every=-1))
+    quiet.run()
+    busy = train.setup(_camera_cfg(image_dataset, tmp_path / "b", log_every=1, eval_every=1))
+    busy.run()
+    logged = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert (
+        sum("val_loss" in r for r in logged) == 4 and sum("eval_success" in r for r in logged) == 4
+    )
+    _same_weights(quiet.policy, busy.policy)
+    _same_weights(quiet.ema.model, busy.ema.model)
+
+
+def test_killed_camera_run_with_checks_resumes_exactly(image_dataset, tmp_path, monkeypatch):
+    kw = dict(steps=4, save_every=2, log_every=1, eval_every=1)
+    reference = train.setup(_camera_cfg(image_dataset, tmp_path / "ref", **kw))
+    reference.run()
+    with pytest.raises(KeyboardInterrupt), killed_in_training_step(3, monkeypatch):
+        train.main(_camera_cfg(image_dataset, tmp_path / "killed", **kw))
+    resumed = train.setup(_camera_cfg(image_dataset, tmp_path / "killed", **kw))
+    resumed.run()
+    assert resumed.step == 4
+    _same_weights(resumed.policy, reference.policy)
+    _same_weights(resumed.ema.model, reference.ema.model)

@@ -249,3 +249,10 @@ def test_distill_is_the_documented_loop(dataset, tmp_path):
     b = data.get_batch(np.random.default_rng(cfg.seed + 1).integers(0, len(data), size=512))
     noise = torch.randn(512, *b["action"].shape[1:], generator=torch.Generator().manual_seed(1))
     assert summary["teacher_gap"] == teacher_gap(teacher, ema.model.eval(), b, noise)
+
+
+def test_backend_follows_the_device_not_the_host():
+    from dplite.policy.training import backend_for
+
+    assert backend_for(torch.device("cpu")) == "gloo"  # also on a host with a GPU
+    assert backend_for(torch.device("cuda", 1)) == "nccl"

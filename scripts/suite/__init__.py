@@ -17,8 +17,8 @@ expert) and ``random`` (uniform actions); the last two are envs.baselines. For e
 3. evaluate: every method on the same held-out seeds (envs.EVAL_SEED_START, +1, ...) into
    DIR/results/<task>/<method>/seed<k>.json (learned; their best/ policy, DDIM 10 for
    diffusion) or .../untrained.json (expert, random: To = Ta = 1);
-4. sweep: the diffusion policy of each training seed at DDIM 1, 2, 5, 10, 20 and DDPM 100 on
-   the same seeds: DIR/results/<task>/diffusion_sweep/seed<k>_<sampler><k>.json;
+4. sweep: the diffusion policy of each training seed at DDIM 1, 2, 3, 5, 10, 20 and DDPM 100
+   (with the policy's own timestep spacing) on the same seeds: DIR/results/<task>/diffusion_sweep/seed<k>_<sampler><k>.json;
 5. report (report.py, plots.py): DIR/leaderboard.json (all rows), DIR/leaderboard.md (a table
    per task) and DIR/plots/<task>_training.png, <task>_inference_steps.png.
 
@@ -80,7 +80,7 @@ class Config:
     """Evaluation episodes per row (seeds EVAL_SEED_START, +1, ...)."""
     inference_steps: int = 10
     """DDIM steps of the diffusion policy's leaderboard rows."""
-    sweep: tuple[str, ...] = ("ddim1", "ddim2", "ddim5", "ddim10", "ddim20", "ddpm100")
+    sweep: tuple[str, ...] = ("ddim1", "ddim2", "ddim3", "ddim5", "ddim10", "ddim20", "ddpm100")
     """Sampler settings of the inference-steps plot (SAMPLER + k); empty: no sweep."""
     train_steps: int | None = None
     """Training steps (default: scripts.train's)."""
