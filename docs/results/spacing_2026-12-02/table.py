@@ -1,6 +1,6 @@
 """Print the leading-vs-trailing table of docs/benchmarks.md from this folder's JSON records.
 
-    python docs/results/spacing_2026-12-02/table.py
+python docs/results/spacing_2026-12-02/table.py
 """
 
 import json
