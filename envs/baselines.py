@@ -6,9 +6,9 @@ learned policy, on the same seeds, and their numbers are comparable with the dif
 policy's.
 
 * ``ExpertPolicy``: one expert per episode, built by the task's expert factory (the protocol of
-  scripts.collect), ``reset(seed)`` with the episode's seed the first time that seed is seen
-  (right after the rollout reset its env), then asked for one action per step from the newest
-  observation. Run it with To = 1, Ta = 1: the expert is a feedback controller, like in
+  envs.collect) on that episode's env and ``reset(seed)`` right after the rollout reset the
+  env (the rollout's ``episode_started`` hook), then asked for one action per step from the
+  newest observation. Run it with To = 1, Ta = 1: the expert is a feedback controller, like in
   scripts.collect, where it writes the demonstrations (without their DART noise here).
 * ``RandomPolicy``: actions drawn uniformly from the env's Box action space, from a generator
   seeded by the episode's seed, so an episode's result depends on its seed only.

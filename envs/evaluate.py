@@ -63,21 +63,20 @@ def evaluate_policy(
             limit = episode_limit(probe)
             probe.close()
         keys = list(actor.obs_shapes or ())
-        bar = tqdm(
-            total=len(seeds) * (limit or 1000), unit="step", disable=not progress, leave=False
-        )
         t0 = time.perf_counter()
-        results = rollout(
-            actor,
-            lambda render: make_env(spec, obs_keys=keys, render=render),
-            list(seeds),
-            actor.n_obs_steps,
-            actor.n_action_steps,
-            n_videos=n_videos,
-            progress=bar.update,
-            success_key=spec.success_key,
-        )
-        bar.close()
+        with tqdm(
+            total=len(seeds) * (limit or 1000), unit="step", disable=not progress, leave=False
+        ) as bar:
+            results = rollout(
+                actor,
+                lambda render: make_env(spec, obs_keys=keys, render=render),
+                list(seeds),
+                actor.n_obs_steps,
+                actor.n_action_steps,
+                n_videos=n_videos,
+                progress=bar.update,
+                success_key=spec.success_key,
+            )
     finally:
         actor.close()
     record = summarize(results)

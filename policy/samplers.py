@@ -131,7 +131,8 @@ class BaseSampler(ABC):
 
 def next_timestep(times: torch.Tensor, i: int) -> torch.Tensor:
     """(1,): the timestep visited after times[i], or -1 (the clean chunk, alpha_bar = 1) after
-    the last. With the schedule's spacing this is times[i] - K // k, diffusers' prev_timestep."""
+    the last. Where k divides K this is times[i] - K // k, diffusers' prev_timestep, for either
+    spacing; otherwise trailing timesteps are unevenly spaced and only this form is right."""
     if i + 1 < times.shape[0]:
         return times[i + 1 : i + 2]
     return torch.full_like(times[i : i + 1], -1)  # a fill on the device, no host copy

@@ -93,10 +93,8 @@ def main(cfg: Config) -> dict:
     if cfg.timestep_spacing is not None:
         policy.cfg = dataclasses.replace(policy.cfg, timestep_spacing=cfg.timestep_spacing)
     if cfg.cuda_graphs:
-        if device.type != "cuda":
-            raise SystemExit(
-                f"dplite.scripts.eval: --cuda-graphs needs a CUDA device, not {device}"
-            )
+        if device.type != "cuda":  # a refused input, reported by run_command like the rest
+            raise ValueError(f"--cuda-graphs needs a CUDA device, not {device}")
         policy.use_cuda_graphs()
     spec = cfg.env.resolve(base=task_from_metadata(policy.metadata))
     seeds = list(range(cfg.seed_start, cfg.seed_start + cfg.episodes))

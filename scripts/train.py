@@ -367,6 +367,7 @@ def setup(cfg: Config) -> TrainLoop:
     spec = cfg.env.resolve(base=dataset_task(cfg.dataset))
     if cfg.out is None:
         cfg.out = Path("outputs/runs") / output_name(spec)
+    check_resume(cfg)  # before the dataset is read, config.json rewritten or state loaded
     obs_keys, action_anchor = resolve_obs_and_anchor(cfg, spec)
     check_dataset_fits_env(cfg.dataset, spec, obs_keys)
     device = resolve_device(cfg.device)
@@ -484,7 +485,7 @@ def check_resume(cfg: Config) -> None:
         return  # nothing to resume
     recorded = json.loads(recorded_path.read_text())
     current = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    diffs = []
+    diffs: dict[str, str] = {}
     for key, new in current.items():
         if key in recorded:
             old = recorded[key]
@@ -506,15 +507,13 @@ def check_resume(cfg: Config) -> None:
                 old, new, step, lr_old, lr_new, new,
             )  # fmt: skip
             continue
-        diffs.append(f"  {key}: {old!r} -> {new!r}")
+        diffs[key] = f"  {key}: {old!r} -> {new!r}"
     if diffs:
-        hint = (
-            " (or, for --steps, pass --extend-steps)" if any("steps:" in d for d in diffs) else ""
-        )
+        hint = " (or, for --steps, pass --extend-steps)" if "steps" in diffs else ""
         raise ValueError(
             f"{cfg.out} was started with other settings than these ({recorded_path}), and "
-            "resuming would silently change the run:\n" + "\n".join(diffs) + "\nResume with "
-            f"the recorded settings, or train into a new --out{hint}"
+            "resuming would silently change the run:\n" + "\n".join(diffs.values()) + "\nResume "
+            f"with the recorded settings, or train into a new --out{hint}"
         )
 
 
@@ -522,7 +521,6 @@ def main(cfg: Config) -> dict:
     """Train (or resume) the run cfg.out; returns TrainLoop.run's summary."""
     try:
         loop = setup(cfg)
-        check_resume(cfg)  # before config.json is rewritten and any state is loaded
         if loop.rank == 0:
             config = json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
             atomic_write(cfg.out / "config.json", config)

@@ -37,6 +37,8 @@ CASES = [
      "environment 'PandaLift-v0' (task 'panda_lift') emits"),
     ("dp-eval", ["--checkpoint", LEGACY / "policy", "--sampler", "consistency"],
      "needs a policy distilled"),
+    ("dp-eval", ["--checkpoint", LEGACY / "policy", "--device", "cpu", "--cuda-graphs"],
+     "--cuda-graphs needs a CUDA device, not cpu"),
     ("dp-distill", ["--checkpoint", LEGACY / "policy", "--out", "{tmp}"], "exists"),
     ("dp-suite", ["--tasks", "nosuch", "--out", "{tmp}/s"], "unknown task 'nosuch'"),
 ]  # fmt: skip

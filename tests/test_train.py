@@ -282,6 +282,9 @@ def test_resume_with_changed_settings_is_refused_naming_the_fields(dataset, tmp_
     assert (run / "config.json").read_text() == recorded  # nothing was overwritten
     with pytest.raises(ValueError, match=r"(?s)steps: 2 -> 4.*--extend-steps"):
         train.main(_cfg(dataset, run, steps=4))
+    with pytest.raises(ValueError, match="warmup_steps: 1 -> 2") as e:
+        train.main(_cfg(dataset, run, steps=2, warmup_steps=2))
+    assert "--extend-steps" not in str(e.value)  # the hint is for --steps only
     # logging, evaluation cadence and progress may change; the run goes on from step 2
     summary = train.main(_cfg(dataset, run, steps=2, log_every=5, eval_every=-1, progress=True))
     assert summary["step"] == 2
