@@ -149,7 +149,8 @@ class Config:
     """Roll out the EMA policy every N steps (0: only at the end; -1: never)."""
     eval_episodes: int = 20
     eval_sampler: Literal["ddpm", "ddim"] = "ddim"
-    eval_inference_steps: int = 10
+    eval_inference_steps: int = 5
+    """k of the rollout checks, recorded as the policy's default k."""
     timestep_spacing: Literal["leading", "trailing"] = DEFAULT_SPACING
     """Which timesteps DDPM / DDIM with k < K visit; recorded in the policy
     (policy/schedule.py, spaced_timesteps)."""
@@ -470,8 +471,9 @@ def setup(cfg: Config) -> TrainLoop:
 
 # Settings a run may resume with changed: they change what is logged, checked or shown, not the
 # weights (the device neither, to float rounding: a run may move to another machine).
-RESUMABLE = ("out", "log_every", "eval_every", "eval_episodes", "save_every",
-             "keep_checkpoints", "progress", "device", "extend_steps")  # fmt: skip
+RESUMABLE = ("out", "log_every", "eval_every", "eval_episodes", "eval_sampler",
+             "eval_inference_steps", "save_every", "keep_checkpoints", "progress", "device",
+             "extend_steps")  # fmt: skip
 # What a config.json written before a setting existed meant by it.
 LEGACY = {"split_seed": lambda rec: rec.get("seed", 0), "timestep_spacing": lambda rec: "leading"}
 

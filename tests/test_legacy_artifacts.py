@@ -40,7 +40,10 @@ def test_old_policy_gives_the_chunks_it_gave_before():
     for name, (sampler, k) in {"ddim10": ("ddim", 10), "ddim2": ("ddim", 2),
                                "ddpm100": ("ddpm", 100)}.items():  # fmt: skip
         out = policy.predict_action(obs, sampler, k, generator=torch.Generator().manual_seed(0))
-        np.testing.assert_allclose(out["action_pred"][0].numpy(), golden[name], atol=1e-5)
+        # pixels on a 512 px field: float32 rounding differs between CPUs (3e-3 px seen on AMD
+        # against Intel-made goldens over DDPM's 100 steps); a spacing or schedule change moves
+        # chunks by whole pixels
+        np.testing.assert_allclose(out["action_pred"][0].numpy(), golden[name], atol=0.02)
 
 
 def test_old_policy_evaluates_from_its_folder_alone(tmp_path):

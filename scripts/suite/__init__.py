@@ -78,7 +78,7 @@ class Config:
     PushT, 0 for other environments."""
     episodes: int = 50
     """Evaluation episodes per row (seeds EVAL_SEED_START, +1, ...)."""
-    inference_steps: int = 10
+    inference_steps: int = 5
     """DDIM steps of the diffusion policy's leaderboard rows."""
     sweep: tuple[str, ...] = ("ddim1", "ddim2", "ddim3", "ddim5", "ddim10", "ddim20", "ddpm100")
     """Sampler settings of the inference-steps plot (SAMPLER + k); empty: no sweep."""
