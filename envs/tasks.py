@@ -385,6 +385,40 @@ register_task(
     )
 )
 
+# gym-pusht (envs/gym_pusht.py; LeRobot's pymunk PushT, the field's benchmark; optional extra
+# gym-pusht, imported only when the env is made): the observation dict of PushT above, so the
+# same expert (at gym-pusht's pace: envs.experts.GYM_PUSHT_EXPERT_KWARGS) and the same default
+# inputs (keypoints + pusher position, never gym-pusht's wrapped angle) and actions relative to
+# the pusher; 300 steps at 10 Hz as gym-pusht's.
+_GYM_PUSHT = dict(
+    env_id="GymPushT-v0",
+    env_imports=("dplite.envs.gym_pusht",),
+    max_episode_steps=300,
+    control_hz=10.0,
+    key_kwargs={"keypoint": {"obs_mode": "keypoint"}, "img": {"obs_mode": "image"}},
+    image_keys=("img",),
+    expert="dplite.envs.experts:make_gym_pusht_expert",
+    action_anchor="agent_pos",
+    video_size=256,
+    video_size_kwargs=("render_size",),
+)
+register_task(
+    TaskSpec(
+        name="gym-pusht",
+        env_kwargs={"obs_mode": "keypoint"},
+        obs_keys=("keypoint", "agent_pos"),
+        **_GYM_PUSHT,
+    )
+)
+register_task(
+    TaskSpec(
+        name="gym-pusht-image",
+        env_kwargs={"obs_mode": "image"},
+        obs_keys=("img", "agent_pos"),
+        **_GYM_PUSHT,
+    )
+)
+
 # Franka Panda (envs/panda): 10 Hz Cartesian deltas + gripper, absolute-free (no anchor).
 # State: hand pose and opening + cube poses; images: front + wrist cameras + proprioception.
 _PANDA = dict(
