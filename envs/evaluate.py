@@ -9,8 +9,10 @@ baselines of envs/baselines.py are ones already. One implementation for every ca
 rollout checks, the eval command, distillation and the suite.
 
 The record (a JSON-ready dict): success_rate, success_ci95, mean_max_reward, episodes, seeds,
-successes, mean_steps, errors (episodes cut short by their env, counted as failures), plus the
-actor's info, n_action_steps, wall_time_s, task and env_id. No torch here.
+successes, mean_steps, errors (episodes cut short by their env, counted as failures),
+boundary_jerk and within_jerk (mean |delta action| across chunk boundaries / within chunks),
+plus the actor's info, n_action_steps, the chunk execution (execution, latency_steps,
+blend_steps, ensemble_decay: envs/rollout.py), wall_time_s, task and env_id. No torch here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from dplite.envs.rollout import EpisodeResult, rollout, summarize
+from dplite.envs.rollout import ChunkExecution, EpisodeResult, rollout, summarize
 from dplite.envs.tasks import TaskSpec, check_env_fits, episode_limit, make_env
 
 
@@ -39,7 +41,9 @@ class Actor(Protocol):
     """Copied into the record (e.g. sampler and inference steps)."""
 
     def __call__(self, obs: dict[str, np.ndarray], seeds: np.ndarray) -> np.ndarray:
-        """obs {key: (B, To, ...)}, the episode seed of each row (B,) -> actions (B, >= Ta, Da)."""
+        """obs {key: (B, To, ...)}, the episode seed of each row (B,) -> actions (B, >= Ta, Da).
+        An actor with ``accepts_prefix = True`` also takes ``prefix=`` and ``prefix_weights=``
+        (real-time chunking, envs/rollout.py)."""
         ...
 
     def close(self) -> None: ...
@@ -51,9 +55,12 @@ def evaluate_policy(
     seeds: Sequence[int],
     n_videos: int = 0,
     progress: bool = False,
+    execution: ChunkExecution | None = None,
 ) -> tuple[dict, list[EpisodeResult]]:
     """Roll the actor out on each seed, all episodes batched; returns (record, per-episode
-    results). The actor is closed at the end. The first ``n_videos`` episodes keep frames."""
+    results). The actor is closed at the end. The first ``n_videos`` episodes keep frames.
+    ``execution``: the inference delay and execution mode (default: sync, no delay)."""
+    execution = execution or ChunkExecution()
     try:
         if actor.obs_shapes is not None:
             what = f"the policy ({actor.info.get('sampler', 'actor')})"
@@ -76,6 +83,7 @@ def evaluate_policy(
                 n_videos=n_videos,
                 progress=bar.update,
                 success_key=spec.success_key,
+                execution=execution,
             )
     finally:
         actor.close()
@@ -83,6 +91,7 @@ def evaluate_policy(
     record.update(
         **actor.info,
         n_action_steps=actor.n_action_steps,
+        **execution.record(),
         wall_time_s=time.perf_counter() - t0,
         task=spec.name,
         env_id=spec.env_id,

@@ -455,6 +455,47 @@ register_task(
         **_PANDA,
     )
 )
+# The same env with demonstrations of both stacking orders, drawn half and half per seed (success
+# either way; info["stack_order"] says which): the multimodal case the single-order task avoids.
+register_task(
+    dataclasses.replace(
+        get_task("panda_stack"),
+        name="panda_stack_bimodal",
+        expert="dplite.envs.panda.experts:make_stack_bimodal_expert",
+    )
+)
+
+# robosuite 1.5.2 (envs/robosuite_tasks.py; the optional extra "robosuite"): robomimic's Lift,
+# Can and Square with the Panda, OSC_POSE deltas at 20 Hz, robomimic's low-dim keys and its
+# 400-step rollout horizon. Nothing here imports robosuite: making the env does, and says which
+# extra to install when it is missing. Cameras (84 px, as robomimic's image datasets):
+# agentview + robot0_eye_in_hand.
+_ROBOSUITE = dict(
+    env_imports=("dplite.envs.robosuite_tasks",),
+    max_episode_steps=400,
+    control_hz=20.0,
+    obs_keys=("object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"),
+    key_kwargs={
+        "agentview_image": {"obs_mode": "image"},
+        "robot0_eye_in_hand_image": {"obs_mode": "image"},
+    },
+    image_keys=("agentview_image", "robot0_eye_in_hand_image"),
+    video_size=256,
+    video_size_kwargs=("render_size",),
+)
+for _name, _id, _expert in (
+    ("robosuite-lift", "RobosuiteLift-v0", "make_lift_expert"),
+    ("robosuite-can", "RobosuiteCan-v0", "make_can_expert"),
+    ("robosuite-square", "RobosuiteSquare-v0", "make_square_expert"),
+):
+    register_task(
+        TaskSpec(
+            name=_name,
+            env_id=_id,
+            expert=f"dplite.envs.robosuite_experts:{_expert}",
+            **_ROBOSUITE,
+        )
+    )
 
 __all__ = [
     "TaskSpec",

@@ -26,6 +26,12 @@ this network, but its output is a consistency function (``consistency_fn``) and 
 conditioning: the UNet maps a zero chunk at timestep 0 straight to the normalized chunk, is fit
 by plain MSE, and predicts with one network evaluation. It can only return the conditional
 mean, which is what a multimodal task punishes (tests/test_diffusion.py).
+
+``PolicyConfig.backbone = "transformer"`` swaps the UNet for the paper's other denoiser,
+policy/transformer.py's TransformerForDiffusion (action tokens, causal self-attention, the
+diffusion step and the To observation steps as cross-attention tokens). It has the UNet's call
+signature, so everything above (samplers, the "mse" objective, distillation, CUDA graphs) is
+the same for both.
 """
 
 from __future__ import annotations
@@ -53,12 +59,24 @@ from dplite.policy.checkpoint import (
 from dplite.policy.cuda_graphs import GraphedCall
 from dplite.policy.encoders import CameraConfig, ObsEncoder
 from dplite.policy.normalizer import Normalizer
-from dplite.policy.samplers import BaseSampler, Consistency, SamplerName, get_sampler, sampler_class
+from dplite.policy.samplers import (
+    PREFIX_MODES,
+    RTC_MAX_GUIDANCE,
+    BaseSampler,
+    Consistency,
+    Prefix,
+    PrefixMode,
+    SamplerName,
+    get_sampler,
+    sampler_class,
+)
 from dplite.policy.schedule import SPACINGS, NoiseSchedule, Spacing
+from dplite.policy.transformer import TransformerForDiffusion
 from dplite.policy.unet1d import ConditionalUnet1D
 
 Sampler = SamplerName  # a sampler's name (policy/samplers.py); "mse" only names OneShot
 Objective = Literal["diffusion", "mse"]
+Backbone = Literal["unet", "transformer"]
 # the spacing new policies get (docs/benchmarks.md has the measurement behind the choice)
 DEFAULT_SPACING: Spacing = "trailing"
 WEIGHTS_FILE = "model.safetensors"
@@ -96,6 +114,26 @@ class PolicyConfig:
     n_groups: int = 8
     diffusion_step_embed_dim: int = 256
     cond_predict_scale: bool = True
+    backbone: Backbone = "unet"
+    """The denoising network: "unet" (ConditionalUnet1D: down_dims, kernel_size, n_groups,
+    diffusion_step_embed_dim, cond_predict_scale) or "transformer" (TransformerForDiffusion:
+    the n_layer ... n_cond_layers fields below). A config saved before this field existed loads
+    as "unet", the only network there was then."""
+    n_layer: int = 8
+    """Transformer decoder blocks (defaults n_layer ... n_cond_layers: the reference's PushT
+    low-dim transformer)."""
+    n_head: int = 4
+    """Transformer attention heads; must divide n_emb."""
+    n_emb: int = 256
+    """Transformer token width."""
+    p_drop_emb: float = 0.0
+    """Transformer dropout on the token + position embeddings."""
+    p_drop_attn: float = 0.01
+    """Transformer dropout on attention weights, residual branches and MLP hidden units."""
+    causal_attn: bool = True
+    """Transformer: chunk index i attends to chunk indices <= i and observation steps <= i."""
+    n_cond_layers: int = 0
+    """Transformer: 0 gives each conditioning token an MLP; N > 0 runs N encoder blocks over them."""
     action_anchor: str | None = None
     """Observation key (same size as an action, e.g. "agent_pos") whose newest value is
     subtracted from the whole chunk: the network then models actions relative to where the
@@ -156,8 +194,24 @@ class PolicyConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.backbone not in ("unet", "transformer"):
+            raise ValueError(f"unknown backbone {self.backbone!r}; use 'unet' or 'transformer'")
+        if self.backbone == "transformer":
+            for name in ("n_layer", "n_head"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if self.n_emb < 4 or self.n_emb % 2 or self.n_emb % self.n_head:
+                raise ValueError(
+                    f"n_emb={self.n_emb} must be an even number >= 4 divisible by "
+                    f"n_head={self.n_head}"
+                )
+            if self.n_cond_layers < 0:
+                raise ValueError(f"n_cond_layers must be >= 0, got {self.n_cond_layers}")
+            for name in ("p_drop_emb", "p_drop_attn"):
+                if not 0 <= getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         levels = len(self.down_dims)
-        if self.horizon % 2 ** (levels - 1):
+        if self.backbone == "unet" and self.horizon % 2 ** (levels - 1):
             raise ValueError(
                 f"horizon T={self.horizon} must be divisible by 2^(levels-1)={2 ** (levels - 1)} "
                 f"for down_dims={self.down_dims}"
@@ -232,6 +286,7 @@ class PolicyConfig:
     def from_dict(cls, d: Mapping) -> PolicyConfig:
         d = dict(d)
         d.setdefault("timestep_spacing", "leading")  # saved before the field: leading only
+        d.setdefault("backbone", "unet")  # saved before the field: the UNet was the only one
         return config_from_dict(cls, d)
 
 
@@ -259,15 +314,31 @@ class DiffusionPolicy(nn.Module):
             clip_sample=cfg.clip_sample,
             variance_type=cfg.variance_type,
         )
-        self.net = ConditionalUnet1D(
-            input_dim=cfg.action_dim,
-            global_cond_dim=cfg.global_cond_dim,
-            down_dims=cfg.down_dims,
-            kernel_size=cfg.kernel_size,
-            n_groups=cfg.n_groups,
-            diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
-            cond_predict_scale=cfg.cond_predict_scale,
-        )
+        self.net: ConditionalUnet1D | TransformerForDiffusion
+        if cfg.backbone == "transformer":
+            self.net = TransformerForDiffusion(
+                input_dim=cfg.action_dim,
+                cond_dim=cfg.obs_dim,
+                horizon=cfg.horizon,
+                n_obs_steps=cfg.n_obs_steps,
+                n_layer=cfg.n_layer,
+                n_head=cfg.n_head,
+                n_emb=cfg.n_emb,
+                p_drop_emb=cfg.p_drop_emb,
+                p_drop_attn=cfg.p_drop_attn,
+                causal_attn=cfg.causal_attn,
+                n_cond_layers=cfg.n_cond_layers,
+            )
+        else:
+            self.net = ConditionalUnet1D(
+                input_dim=cfg.action_dim,
+                global_cond_dim=cfg.global_cond_dim,
+                down_dims=cfg.down_dims,
+                kernel_size=cfg.kernel_size,
+                n_groups=cfg.n_groups,
+                diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
+                cond_predict_scale=cfg.cond_predict_scale,
+            )
         self._graphs: dict | None = None  # captured sampling loops, see use_cuda_graphs
 
     def __getstate__(self) -> dict:
@@ -432,6 +503,10 @@ class DiffusionPolicy(nn.Module):
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         noise: torch.Tensor | None = None,
         return_trajectory: bool = False,
+        prefix: torch.Tensor | np.ndarray | None = None,
+        prefix_weights: torch.Tensor | np.ndarray | Sequence[float] | None = None,
+        prefix_mode: PrefixMode = "guidance",
+        max_guidance: float = RTC_MAX_GUIDANCE,
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Denoise an action chunk for each batch element of obs = {key: (B, >= To, ...)}.
 
@@ -443,6 +518,17 @@ class DiffusionPolicy(nn.Module):
         sample after each denoising step (the last equals "action_pred"). The "mse" objective
         ignores sampler, k, generator and noise: one network evaluation, whose trajectory is
         that one chunk. Which sampler and k run is samplers.get_sampler's choice.
+
+        Real-time chunking (Black et al. 2025): `prefix` (B, P, Da), raw units, P <= T, gives
+        actions the chunk must start with, row i constraining action_pred[:, i] (index To - 1
+        is the newest observation's step); `prefix_weights` (P,) or (T,) in [0, 1] says how
+        firmly (default all 1; a (T,) vector must be 0 from P on). Rows of weight 1 are
+        returned exactly as given; the others are pulled toward their target by
+        `prefix_mode` "guidance" (pseudoinverse guidance of the x_0 estimate, its weight
+        clipped at `max_guidance`, one extra backward pass per step) or "inpaint"
+        (replacement by the target noised to each step's timestep): samplers.Prefix. The
+        "mse" objective only overwrites the rows of weight 1. Calls with a prefix run
+        eagerly, also under use_cuda_graphs.
         """
         cfg = self.cfg
         chosen = get_sampler(cfg, sampler, num_inference_steps)
@@ -466,8 +552,23 @@ class DiffusionPolicy(nn.Module):
             x = _randn(shape, generator, dev)  # (B, T, Da)
         draws = [_randn(shape, generator, dev) for _ in range(chosen.num_draws)]
         step_noise = torch.stack(draws) if draws else x.new_zeros((0, *shape))  # (n, B, T, Da)
+        frozen = None
+        if prefix is not None:
+            raw, w = self._prefix_rows(prefix, prefix_weights, shape)  # (B, T, Da), (T,)
+            if prefix_mode not in PREFIX_MODES:
+                raise ValueError(f"unknown prefix_mode {prefix_mode!r}; use one of {PREFIX_MODES}")
+            if not max_guidance > 0:
+                raise ValueError(f"max_guidance must be > 0, got {max_guidance}")
+            target = self.normalizer.normalize("action", raw - anchor)  # (B, T, Da)
+            inpaint_noise = None
+            if prefix_mode == "inpaint" and chosen.starts_from_noise:  # drawn after the rest
+                inpaint_noise = torch.stack(
+                    [_randn(shape, generator, dev) for _ in range(chosen.k)]
+                )
+            chosen.prefix = Prefix(target, w, prefix_mode, max_guidance, inpaint_noise)
+            frozen = (w == 1).reshape(1, -1, 1), raw  # rows returned exactly as given
         times = chosen.timesteps(self)  # (k,) on dev
-        if self._graphs is not None and not return_trajectory:
+        if self._graphs is not None and not return_trajectory and prefix is None:
             x = self._graphed_denoise(chosen, x, cond, step_noise, times)
         else:
             if return_trajectory and chosen.starts_from_noise:
@@ -476,6 +577,8 @@ class DiffusionPolicy(nn.Module):
                 self, x, cond, step_noise, times, record if return_trajectory else None
             )
         action_pred = self.normalizer.unnormalize("action", x) + anchor  # (B, T, Da)
+        if frozen is not None:  # exact, not to float rounding of (un)normalizing
+            action_pred = torch.where(frozen[0], frozen[1], action_pred)  # (B, T, Da)
         start = cfg.n_obs_steps - 1
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {
             "action": action_pred[:, start : start + cfg.n_action_steps],
@@ -484,6 +587,41 @@ class DiffusionPolicy(nn.Module):
         if return_trajectory:
             out["trajectory"] = [*trajectory, action_pred]
         return out
+
+    def _prefix_rows(
+        self,
+        prefix: torch.Tensor | np.ndarray,
+        weights: torch.Tensor | np.ndarray | Sequence[float] | None,
+        shape: tuple[int, int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """predict_action's prefix checked and padded to the chunk: (raw (B, T, Da) with zero
+        rows from P on, weights (T,) with zeros from P on)."""
+        B, T, Da = shape
+        raw = torch.as_tensor(prefix, dtype=torch.float32, device=self.device)
+        if raw.ndim != 3 or raw.shape[0] != B or raw.shape[2] != Da or not 1 <= raw.shape[1] <= T:
+            raise ValueError(
+                f"prefix has shape {tuple(raw.shape)}; expected ({B}, P, {Da}) with 1 <= P <= T={T}"
+            )
+        if not torch.isfinite(raw).all():
+            raise ValueError("prefix has non-finite values")
+        P = raw.shape[1]
+        if weights is None:
+            w = torch.ones(P, device=self.device)
+        else:
+            w = torch.as_tensor(weights, dtype=torch.float32, device=self.device).flatten()
+            if w.shape[0] not in (P, T):
+                raise ValueError(
+                    f"prefix_weights has {w.shape[0]} entries; expected P={P} or T={T}"
+                )
+            if not (torch.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):
+                raise ValueError(f"prefix_weights must lie in [0, 1], got {w.tolist()}")
+            if (w[P:] != 0).any():
+                raise ValueError(
+                    f"prefix_weights are nonzero past the prefix's P={P} rows: {w.tolist()}"
+                )
+        pad = T - P
+        raw = torch.cat([raw, raw.new_zeros(B, pad, Da)], dim=1)  # (B, T, Da)
+        return raw, torch.cat([w[:P], w.new_zeros(pad)])  # (T,)
 
     # ---------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path, metadata: Mapping | None = None) -> None:
@@ -554,4 +692,4 @@ def _versions() -> dict[str, str]:
     }
 
 
-__all__ = ["DiffusionPolicy", "Objective", "PolicyConfig", "Sampler"]
+__all__ = ["Backbone", "DiffusionPolicy", "Objective", "PolicyConfig", "Sampler"]

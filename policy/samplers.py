@@ -15,12 +15,16 @@ noise, then ``num_draws`` per-step draws in step order) and passes the visited t
 device tensor, so that ``sample`` does device work only and a CUDA graph can capture it
 (policy/cuda_graphs.py). The step math itself (posterior, DDIM update, re-noising) lives in
 policy/schedule.py; a sampler says which of it to call, in which order, with which network.
+
+A sampler may carry a ``Prefix``: actions the chunk must start with (real-time chunking, Black
+et al. 2025, arXiv 2506.07339), enforced by guidance or by inpainting in every step (see Prefix).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
@@ -29,6 +33,87 @@ if TYPE_CHECKING:  # a type only: diffusion.py imports this module
     from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
 
 SamplerName = Literal["ddpm", "ddim", "consistency", "mse"]
+PrefixMode = Literal["guidance", "inpaint"]
+PREFIX_MODES: tuple[str, ...] = ("guidance", "inpaint")
+RTC_MAX_GUIDANCE = 5.0
+"""beta, the clip of the guidance weight (the RTC paper's value)."""
+
+
+@dataclass
+class Prefix:
+    """Where a sample must match given actions: real-time chunking's frozen prefix and soft
+    overlap (Black et al. 2025, arXiv 2506.07339), for an epsilon-prediction sampler.
+
+    ``target`` (B, T, Da) normalized actions and ``weights`` (T,) in [0, 1]: 1 freezes a row,
+    values between pull it softly, 0 leaves it free. Two ways to enforce it in each step:
+
+    - "guidance" (the paper's, adapted from flow matching to DDPM / DDIM): pseudoinverse
+      guidance (PiGDM, Song et al. 2023) with a noise-free observation of the weighted rows
+      adds (1 / r_t^2) J^T W (y - x0_hat) to the score, J = d x0_hat / d x_t, r_t^2 = 1 - ab_t
+      (the paper's r_tau^2 in this parametrization). Through Tweedie's formula
+      x0_hat = (x_t + (1 - ab_t) score) / sqrt(ab_t) that moves the x_0 estimate by
+      w_t J^T W (y - x0_hat) with w_t = 1 / sqrt(ab_t), clipped at ``max_guidance`` as the paper
+      clips its weight; the step then runs on the eps consistent with the moved estimate.
+      One vector-Jacobian product (a backward pass through the network) per step. Near the
+      data J -> I and w_t -> 1: the last steps replace x0_hat by W y + (1 - W) x0_hat.
+    - "inpaint" (replacement, as in RePaint / Diffuser): after each step the weighted rows are
+      blended toward the target noised to the step's new timestep,
+      x <- W q(y | t_prev) + (1 - W) x; after the last step (t_prev = x_0) they are W y +
+      (1 - W) x. No extra network work; ``noise`` holds one draw per step.
+
+    Either way the rows of weight 1 of the final chunk are exactly the target after
+    DiffusionPolicy.predict_action's last overwrite in raw units.
+    """
+
+    target: torch.Tensor  # (B, T, Da) normalized
+    weights: torch.Tensor  # (T,)
+    mode: PrefixMode = "guidance"
+    max_guidance: float = RTC_MAX_GUIDANCE
+    noise: torch.Tensor | None = None  # (k, B, T, Da): inpainting's per-step draws
+
+    @property
+    def w(self) -> torch.Tensor:
+        return self.weights.reshape(1, -1, 1).to(self.target)  # (1, T, 1)
+
+    def correction(
+        self,
+        fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        x: torch.Tensor,
+        ab_t: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """fn(x) -> (x0_hat, out) run with autograd on; returns (out, the move of the x_0
+        estimate w_t J^T W (y - x0_hat)), both (B, T, Da) (class doc)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            # clones: tensors made in inference mode cannot enter autograd
+            xg = x.clone().requires_grad_(True)  # (B, T, Da)
+            x0, out = fn(xg)  # (B, T, Da) each
+            err = self.w * (self.target - x0.detach())  # (B, T, Da)
+            (vjp,) = torch.autograd.grad(x0, xg, grad_outputs=err)  # J^T W (y - x0_hat)
+        weight = ab_t.rsqrt().clamp(max=self.max_guidance).to(x)  # w_t = min(beta, 1/sqrt(ab_t))
+        return out.detach().to(x), (weight * vjp).to(x)
+
+    def guided_eps(
+        self, policy: DiffusionPolicy, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
+        """The network's eps at (x, t), replaced by the eps whose x_0 estimate is guided."""
+        ab_t = policy.schedule.alphas_cumprod.to(x.device)[t].reshape(-1, 1, 1)  # (1, 1, 1)
+
+        def fn(xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # inputs cloned: autograd
+            eps = policy.net(xg, t.clone(), cond.clone())  # (B, T, Da)
+            return policy.schedule.predict_x0(eps, t.clone(), xg), eps  # x0_hat unclipped
+
+        eps, move = self.correction(fn, x, ab_t)  # (B, T, Da) each
+        # x_t = sqrt(ab) x0 + sqrt(1 - ab) eps (DDPM eq. 4): moving x0 by `move` at fixed x_t
+        # moves eps by -sqrt(ab / (1 - ab)) move (rows without guidance keep eps exactly)
+        return eps - (ab_t / (1 - ab_t)).sqrt() * move  # (B, T, Da)
+
+    def inpaint(
+        self, policy: DiffusionPolicy, i: int, x: torch.Tensor, prev_t: torch.Tensor
+    ) -> torch.Tensor:
+        """x (B, T, Da) at prev_t with the weighted rows blended toward the noised target."""
+        noised = policy.schedule.add_noise(self.target, self.noise[i], prev_t.clamp(min=0))
+        y_t = torch.where(prev_t < 0, self.target, noised)  # (B, T, Da); x_0 after the last step
+        return self.w * y_t + (1 - self.w) * x  # (B, T, Da)
 
 
 class BaseSampler(ABC):
@@ -47,6 +132,25 @@ class BaseSampler(ABC):
 
     def __init__(self, k: int) -> None:
         self.k = k
+        self.prefix: Prefix | None = None
+        """Actions the chunk must start with (set by predict_action), or None."""
+
+    def eps(
+        self, policy: DiffusionPolicy, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
+        """eps_theta(x_t, t), guided toward the prefix when there is one in "guidance" mode."""
+        if self.prefix is not None and self.prefix.mode == "guidance":
+            return self.prefix.guided_eps(policy, x, t, cond)
+        return policy.net(x, t, cond)  # (B, T, Da)
+
+    def constrain(
+        self, policy: DiffusionPolicy, i: int, x: torch.Tensor, prev_t: torch.Tensor
+    ) -> torch.Tensor:
+        """The sample after step i (at prev_t), inpainted when there is a prefix in "inpaint"
+        mode."""
+        if self.prefix is not None and self.prefix.mode == "inpaint":
+            return self.prefix.inpaint(policy, i, x, prev_t)
+        return x
 
     # ------------------------------------------------------------ choosing (config only)
     @classmethod
@@ -157,11 +261,13 @@ class DDPM(BaseSampler):
         step_noise: torch.Tensor,
     ) -> torch.Tensor:
         t, prev_t = times[i : i + 1], next_timestep(times, i)  # (1,): broadcast over the batch
-        # 1. eps_theta(x_t, t), the network's noise estimate (eq. 11)
-        eps = policy.net(x, t, cond)  # (B, T, Da)
+        # 1. eps_theta(x_t, t), the network's noise estimate (eq. 11), guided by a prefix
+        eps = self.eps(policy, x, t, cond)  # (B, T, Da)
         # 2. x_{t-1} ~ q(x_{t-1} | x_t, x_0): x_0 from eq. 15 (clipped), posterior mean from
         #    eq. 7, plus sigma_t z (eq. 6, Algorithm 2 line 4); strided when prev_t < t - 1
-        return policy.schedule.ddpm_step(eps, t, x, step_noise[i], prev_t=prev_t)  # (B, T, Da)
+        x = policy.schedule.ddpm_step(eps, t, x, step_noise[i], prev_t=prev_t)  # (B, T, Da)
+        # 3. a prefix to inpaint: its rows replaced by the target noised to prev_t
+        return self.constrain(policy, i, x, prev_t)
 
 
 class DDIM(BaseSampler):
@@ -184,11 +290,13 @@ class DDIM(BaseSampler):
         step_noise: torch.Tensor,
     ) -> torch.Tensor:
         t, prev_t = times[i : i + 1], next_timestep(times, i)  # (1,)
-        # 1. eps_theta(x_t, t), the network's noise estimate
-        eps = policy.net(x, t, cond)  # (B, T, Da)
+        # 1. eps_theta(x_t, t), the network's noise estimate, guided by a prefix
+        eps = self.eps(policy, x, t, cond)  # (B, T, Da)
         # 2. x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev) eps (eq. 12, sigma = 0), with
         #    x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) clipped ("predicted x_0")
-        return policy.schedule.ddim_step(eps, t, prev_t, x)  # (B, T, Da)
+        x = policy.schedule.ddim_step(eps, t, prev_t, x)  # (B, T, Da)
+        # 3. a prefix to inpaint: its rows replaced by the target noised to prev_t
+        return self.constrain(policy, i, x, prev_t)
 
 
 class Consistency(BaseSampler):
@@ -238,8 +346,21 @@ class Consistency(BaseSampler):
         #    DDPM eq. 4: x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) z); the first step starts at noise
         if i > 0:
             x = policy.schedule.add_noise(x, step_noise[i - 1], t)  # (B, T, Da)
-        # 2. x_0 = f_theta(x_t, t), the consistency function (Algorithm 1 lines 2 and 6)
-        x = policy.consistency_fn(x, t, cond)  # (B, T, Da)
+        # 2. x_0 = f_theta(x_t, t), the consistency function (Algorithm 1 lines 2 and 6), moved
+        #    toward a prefix: by guidance (f estimates x_0 as x0_hat does), or by replacement
+        if self.prefix is not None and self.prefix.mode == "guidance":
+            ab_t = policy.schedule.alphas_cumprod.to(x.device)[t].reshape(-1, 1, 1)  # (1, 1, 1)
+
+            def fn(xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                x0 = policy.consistency_fn(xg, t.clone(), cond.clone())  # (B, T, Da)
+                return x0, x0
+
+            x0, move = self.prefix.correction(fn, x, ab_t)
+            x = x0 + move  # (B, T, Da)
+        else:
+            x = policy.consistency_fn(x, t, cond)  # (B, T, Da)
+            if self.prefix is not None:  # inpaint: the clean estimate, so no noise
+                x = self.prefix.w * self.prefix.target + (1 - self.prefix.w) * x
         # 3. clip to the normalized action range, as the diffusion samplers clip x_0
         if policy.schedule.clip_sample:
             x = x.clamp(-policy.schedule.clip_sample_range, policy.schedule.clip_sample_range)
@@ -319,10 +440,13 @@ def get_sampler(
 __all__ = [
     "DDIM",
     "DDPM",
+    "PREFIX_MODES",
     "SAMPLERS",
     "BaseSampler",
     "Consistency",
     "OneShot",
+    "Prefix",
+    "PrefixMode",
     "SamplerName",
     "get_sampler",
     "next_timestep",

@@ -46,6 +46,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from dplite.policy.checkpoint import atomic_dir, atomic_write, load_state, recover_dir, save_state
 from dplite.policy.diffusion import DiffusionPolicy
 from dplite.policy.ema import EMA
+from dplite.policy.transformer import TransformerForDiffusion
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,26 @@ def barrier() -> None:
 # ---------------------------------------------------------------------------- the loop
 
 
+def optimizer_groups(
+    policy: DiffusionPolicy, weight_decay: float, transformer_weight_decay: float | None = None
+) -> list[dict]:
+    """AdamW parameter groups. One group at `weight_decay` (every parameter, in
+    policy.parameters() order), unless `transformer_weight_decay` is set and the network is a
+    TransformerForDiffusion: then the reference's split of the network (its Linear weights at
+    transformer_weight_decay, its biases, LayerNorm weights and position embeddings at 0, as
+    TransformerForDiffusion.optim_groups) and a third group at `weight_decay` for everything
+    else (camera encoders), as the reference's image transformer decays its encoder apart."""
+    net = policy.net
+    if transformer_weight_decay is None or not isinstance(net, TransformerForDiffusion):
+        return [{"params": list(policy.parameters()), "weight_decay": weight_decay}]
+    groups = net.optim_groups(transformer_weight_decay)
+    in_net = {id(p) for p in net.parameters()}
+    rest = [p for p in policy.parameters() if id(p) not in in_net]
+    if rest:
+        groups.append({"params": rest, "weight_decay": weight_decay})
+    return groups
+
+
 @dataclass
 class LoopConfig:
     """How TrainLoop optimizes, and how often it logs, evaluates and saves."""
@@ -131,6 +152,10 @@ class LoopConfig:
     """Peak learning rate (linear warm-up, then cosine decay to 0 at `steps`)."""
     betas: tuple[float, float] = (0.95, 0.999)
     weight_decay: float = 1e-6
+    transformer_weight_decay: float | None = None
+    """For a policy whose network is a TransformerForDiffusion: AdamW groups as the reference's
+    (optimizer_groups), this decay on its Linear weights. None: `weight_decay` on every
+    parameter, whatever the network."""
     warmup_steps: int = 200
     grad_clip: float = 1.0
     """Max gradient norm (0 turns clipping off)."""
@@ -196,8 +221,11 @@ class TrainLoop:
         # forward() is compute_loss; DDP averages the gradients of the ranks' slices
         self.model = DistributedDataParallel(policy) if world > 1 else policy
         self.ema = EMA(policy, power=cfg.ema_power)
-        self.opt = torch.optim.AdamW(  # every parameter: the UNet and the camera encoders
-            policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        self.opt = torch.optim.AdamW(  # every parameter: the network and the camera encoders
+            optimizer_groups(policy, cfg.weight_decay, cfg.transformer_weight_decay),
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
         )
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, warmup_cosine(cfg.warmup_steps, cfg.steps)

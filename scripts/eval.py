@@ -11,6 +11,12 @@ override it. Seeds start at envs.EVAL_SEED_START, disjoint from the demonstratio
 Prints a table and writes the metrics as JSON (episodes that their environment cut short by an
 error are listed under "errors", counted as failures). --noise-seeds N repeats the episodes with
 N sampler-noise seeds and pools them, for rates finer than one 50-episode run resolves.
+
+--latency-steps d with --execution sync | async | ensemble | rtc evaluates under an inference
+delay: the chunk planned from the observation at step t acts from t + d, the previous chunk
+running meanwhile (envs/rollout.py; docs/latency.md). The JSON records the settings and the
+smoothness: boundary_jerk and within_jerk, the mean |delta action| across chunk boundaries and
+within chunks.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from typing import Literal
 from dplite import envs
 from dplite.envs.evaluate import evaluate_policy, pool
 from dplite.envs.options import EnvArgs, EnvOptions, run_command
+from dplite.envs.rollout import ACT_DECAY, ChunkExecution
 from dplite.envs.tasks import task_from_metadata
 from dplite.envs.video import write_video
 from dplite.policy.actor import PolicyActor
 from dplite.policy.checkpoint import atomic_write, find_policy_dir
 from dplite.policy.device import resolve_device
 from dplite.policy.diffusion import DiffusionPolicy
+from dplite.policy.samplers import RTC_MAX_GUIDANCE
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,24 @@ class Config:
     rounding)."""
     progress: bool = True
     """Show a progress bar."""
+    latency_steps: int = 0
+    """Inference delay d in control steps: the chunk planned from the observation at step t
+    acts from step t + d; until then the previous chunk keeps executing. At most Ta."""
+    execution: Literal["sync", "async", "ensemble", "rtc"] = "sync"
+    """How chunks follow each other under the delay: sync (the world waits; d has no effect),
+    async (switch to each new chunk when it arrives), ensemble (ACT's weighted average of
+    overlapping chunks), rtc (real-time chunking: each chunk sampled with the committed actions
+    frozen and the overlap softly guided)."""
+    blend_steps: int | None = None
+    """ensemble / rtc: steps past the committed ones over which the previous chunk still
+    counts (default: d; a large value gives the whole overlap)."""
+    ensemble_decay: float = ACT_DECAY
+    """ensemble: m of ACT's weights exp(-m i), i = 0 the oldest chunk."""
+    rtc_method: Literal["guidance", "inpaint"] = "guidance"
+    """rtc: how the prefix is enforced while sampling: guidance (the RTC paper's, one extra
+    backward pass per step) or inpainting (replacement, no extra cost)."""
+    max_guidance: float = RTC_MAX_GUIDANCE
+    """rtc guidance: the clip beta of the guidance weight."""
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -84,6 +110,15 @@ class Config:
             raise ValueError(f"--videos must be >= 0, got {self.videos}")
         if self.noise_seeds < 1:
             raise ValueError(f"--noise-seeds must be >= 1, got {self.noise_seeds}")
+        if not self.max_guidance > 0:
+            raise ValueError(f"--max-guidance must be > 0, got {self.max_guidance}")
+        self.chunk_execution  # noqa: B018 -- validates the execution options
+
+    @property
+    def chunk_execution(self) -> ChunkExecution:
+        return ChunkExecution(
+            self.execution, self.latency_steps, self.blend_steps, self.ensemble_decay
+        )
 
 
 def main(cfg: Config) -> dict:
@@ -101,11 +136,20 @@ def main(cfg: Config) -> dict:
     noise_seeds = list(range(cfg.seed, cfg.seed + cfg.noise_seeds))
     runs = [
         evaluate_policy(
-            PolicyActor(policy, cfg.sampler, cfg.inference_steps, noise_seed, cfg.n_action_steps),
+            PolicyActor(
+                policy,
+                cfg.sampler,
+                cfg.inference_steps,
+                noise_seed,
+                cfg.n_action_steps,
+                rtc_method=cfg.rtc_method,
+                max_guidance=cfg.max_guidance,
+            ),
             spec,
             seeds,
             n_videos=cfg.videos if noise_seed == cfg.seed else 0,
             progress=cfg.progress,
+            execution=cfg.chunk_execution,
         )
         for noise_seed in noise_seeds
     ]
@@ -120,6 +164,8 @@ def main(cfg: Config) -> dict:
         timestep_spacing=policy.cfg.timestep_spacing,
         train_step=policy.metadata.get("step"),
     )
+    if cfg.execution == "rtc":
+        summary.update(rtc_method=cfg.rtc_method, max_guidance=cfg.max_guidance)
     video_dir = cfg.video_dir or policy_dir / "videos"
     name = spec.name.replace("/", "_")
     summary["videos"] = [
@@ -138,6 +184,12 @@ def main(cfg: Config) -> dict:
     if len(runs) > 1:
         print("per noise seed " + " ".join(f"{x:.3f}" for x in summary["success_by_noise_seed"]))
     print(f"mean max reward {_fmt(summary['mean_max_reward'])}")
+    rtc = f" ({cfg.rtc_method})" if cfg.execution == "rtc" else ""
+    print(f"execution      {cfg.execution}{rtc}, latency {cfg.latency_steps} steps")
+    print(
+        f"action jerk    boundary {_fmt(summary['boundary_jerk'])}  "
+        f"within {_fmt(summary['within_jerk'])}"
+    )
     print(f"wall time      {summary['wall_time_s']:.1f} s")
     for err in summary["errors"]:
         print(f"env error      seed {err['seed']}: {err['error']}")

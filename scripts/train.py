@@ -108,6 +108,25 @@ class Config:
     down_dims: tuple[int, ...] = (32, 64, 128)
     """UNet widths (1.2 M parameters); (256, 512, 1024) is the paper's 65.8 M network."""
     diffusion_step_embed_dim: int = 64
+    backbone: Literal["unet", "transformer"] = "unet"
+    """Denoising network: the 1D temporal "unet" (--down-dims, --diffusion-step-embed-dim) or
+    the paper's time-series diffusion "transformer" (--n-layer ... --n-cond-layers,
+    --transformer-weight-decay; docs/transformer.md)."""
+    n_layer: int = 8
+    """Transformer decoder blocks (n_layer ... n_cond_layers default to the reference's PushT
+    low-dim transformer, 9 M parameters)."""
+    n_head: int = 4
+    """Transformer attention heads (must divide --n-emb)."""
+    n_emb: int = 256
+    """Transformer token width."""
+    p_drop_emb: float = 0.0
+    """Transformer dropout on token + position embeddings."""
+    p_drop_attn: float = 0.01
+    """Transformer dropout on attention weights, residual branches and MLP hidden units."""
+    causal_attn: bool = True
+    """Transformer: chunk index i attends only to indices <= i and observation steps <= i."""
+    n_cond_layers: int = 0
+    """Transformer: 0 gives each conditioning token an MLP; N > 0 runs N encoder blocks."""
     objective: Literal["diffusion", "mse"] = "diffusion"
     """"diffusion": the diffusion policy; "mse": the regression baseline (the same UNet maps
     the observations straight to the chunk, fit by MSE, one network evaluation to act)."""
@@ -130,6 +149,10 @@ class Config:
     """Peak learning rate (the paper's 1e-4 suits its 65.8 M network and GPU-days)."""
     betas: tuple[float, float] = (0.95, 0.999)
     weight_decay: float = 1e-6
+    transformer_weight_decay: float = 1e-1
+    """AdamW weight decay of the transformer's Linear weights (the reference's 0.1); its
+    biases, LayerNorm weights and position embeddings get none, camera encoders
+    --weight-decay. Unused by the UNet, whose parameters all take --weight-decay."""
     warmup_steps: int = 200
     grad_clip: float = 1.0
     """Max gradient norm (0 turns clipping off)."""
@@ -418,6 +441,14 @@ def setup(cfg: Config) -> TrainLoop:
         beta_schedule=cfg.beta_schedule,
         down_dims=cfg.down_dims,
         diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
+        backbone=cfg.backbone,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_emb=cfg.n_emb,
+        p_drop_emb=cfg.p_drop_emb,
+        p_drop_attn=cfg.p_drop_attn,
+        causal_attn=cfg.causal_attn,
+        n_cond_layers=cfg.n_cond_layers,
         objective=cfg.objective,
         sampler=cfg.eval_sampler,
         num_inference_steps=cfg.eval_inference_steps,
@@ -430,6 +461,9 @@ def setup(cfg: Config) -> TrainLoop:
         lr=cfg.lr,
         betas=cfg.betas,
         weight_decay=cfg.weight_decay,
+        transformer_weight_decay=(
+            cfg.transformer_weight_decay if cfg.backbone == "transformer" else None
+        ),
         warmup_steps=cfg.warmup_steps,
         grad_clip=cfg.grad_clip,
         ema_power=cfg.ema_power,
@@ -448,8 +482,9 @@ def setup(cfg: Config) -> TrainLoop:
         "pad_after": data.pad_after,  # how the windows were cut: distillation cuts them alike
     }
     log.info(
-        "%d training windows, %.2f M parameters, device %s%s",
+        "%d training windows, %s, %.2f M parameters, device %s%s",
         len(data),
+        pcfg.backbone,
         sum(p.numel() for p in policy.parameters()) / 1e6,
         device,
         f", {world} processes" if world > 1 else "",

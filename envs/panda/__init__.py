@@ -6,6 +6,7 @@
 * ``env.py`` - ``PandaLiftEnv`` (``PandaLift-v0``) and ``PandaStackEnv`` (``PandaStack-v0``);
 * ``experts.py`` - waypoint experts with grasp-yaw, approach-side and stacking-order modes.
 
-The gymnasium ids are registered by ``import envs``; the tasks ``panda_lift`` and
-``panda_stack`` by ``envs.tasks``.
+The gymnasium ids are registered by ``import envs``; the tasks ``panda_lift``,
+``panda_stack`` and ``panda_stack_bimodal`` (the stack env with demonstrations of both orders)
+by ``envs.tasks``.
 """

@@ -367,6 +367,17 @@ class PandaStackEnv(PandaEnv):
     def is_success(self) -> bool:
         return self.stacked("cube_a", "cube_b") or self.stacked("cube_b", "cube_a")
 
+    def stack_order(self) -> str:
+        """Which order the cubes are stacked in now: "a_on_b" (cube_a on cube_b), "b_on_a",
+        or "none"; reported in every step's info as "stack_order", so that an evaluation can
+        count the orders of its successes."""
+        if self.stacked("cube_a", "cube_b"):
+            return "a_on_b"
+        return "b_on_a" if self.stacked("cube_b", "cube_a") else "none"
+
+    def _info(self, failure: str | None, success: bool) -> dict[str, Any]:
+        return {**PandaEnv._info(failure, success), "stack_order": self.stack_order()}
+
     def progress(self) -> float:
         """The better order's reach 0.25, grasp 0.25, and 0.49 for bringing the held cube to
         its resting place on the other (1 - tanh(10 * distance))."""

@@ -13,7 +13,8 @@ Modes, drawn at ``reset(seed)`` from the expert's own generator:
 * (lift) ``side`` - the pre-grasp point is 6 cm to one side of the cube along the palm (the
   fingers straddle the cube's faces), so the hand slides in from one side or the other.
 * (stack) ``order`` - which cube is picked and which one it goes on; ``b_on_a`` works, but the
-  default ``MODES`` only demonstrate ``a_on_b`` (see PandaStackExpert).
+  default ``MODES`` only demonstrate ``a_on_b`` (see PandaStackExpert); PandaStackBimodalExpert
+  (task ``panda_stack_bimodal``) draws both, half and half.
 """
 
 from __future__ import annotations
@@ -185,3 +186,16 @@ class PandaStackExpert(_WaypointExpert):
 
 def make_stack_expert(env) -> PandaStackExpert:
     return PandaStackExpert(env)
+
+
+class PandaStackBimodalExpert(PandaStackExpert):
+    """The stack expert with both orders: each seed draws red-on-blue or blue-on-red with
+    probability 1/2 (and its grasp yaw), the demonstrations of the "panda_stack_bimodal" task.
+    A policy that averages the two orders brings the hand down between the cubes, which is the
+    failure a multimodal policy must avoid."""
+
+    MODES: dict[str, tuple[str, ...]] = {"grasp": ("near", "far"), "order": ("a_on_b", "b_on_a")}
+
+
+def make_stack_bimodal_expert(env) -> PandaStackBimodalExpert:
+    return PandaStackBimodalExpert(env)

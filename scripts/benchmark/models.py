@@ -15,6 +15,12 @@ from dplite.policy.timing import median_ms
 # the reference PushT low-dim setting: keypoints (9, 2) + agent position, To = 2 -> cond 40
 OBS_SHAPES = {"keypoint": (9, 2), "agent_pos": (2,)}
 SIZES = {"65.8M": (256, 512, 1024), "5.4M": (64, 128, 256)}
+# the networks the inference section times: the UNet at both widths, and the reference's PushT
+# low-dim transformer (PolicyConfig's transformer defaults: 8 layers, 4 heads, 256 wide)
+NETWORKS = {
+    **{name: {"down_dims": dims} for name, dims in SIZES.items()},
+    "transformer 9.0M": {"backbone": "transformer"},
+}
 # batch 1 targets of the default sampler (trailing DDIM 5, within 0.02 of DDIM 10 on PushT)
 # and of the 1-step consistency student
 LATENCY_TARGET_MS = {
@@ -25,12 +31,13 @@ LATENCY_TARGET_MS = {
 }
 
 
-def _policy(down_dims, distilled: bool = False) -> DiffusionPolicy:
-    """A PushT-shaped policy; `distilled`: its consistency-distilled form (same network)."""
+def _policy(network: dict, distilled: bool = False) -> DiffusionPolicy:
+    """A PushT-shaped policy with the network options `network` (PolicyConfig fields);
+    `distilled`: its consistency-distilled form (same network)."""
     grid = tuple(range(90, -1, -10))
     extra = dict(consistency_timesteps=grid, sampler="consistency", num_inference_steps=1)
     cfg = PolicyConfig(
-        obs_shapes=OBS_SHAPES, action_dim=2, down_dims=down_dims, **(extra if distilled else {})
+        obs_shapes=OBS_SHAPES, action_dim=2, **network, **(extra if distilled else {})
     )
     return DiffusionPolicy(cfg)
 
@@ -38,7 +45,7 @@ def _policy(down_dims, distilled: bool = False) -> DiffusionPolicy:
 def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
     """predict_action latency: DDIM 5 (the default), DDIM 10 and DDPM 100 of a trained policy,
     and 1 and 2 steps of its consistency-distilled form (the same network; weights do not
-    change the cost).
+    change the cost), for each of NETWORKS.
 
     Modes: "eager" is predict_action as shipped (with the fast layers); "plain" the same call
     with every fast path off (policy.fast_layers.fast_paths_disabled: the nn layers alone, the
@@ -48,14 +55,20 @@ def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
         ("plain", "eager", "graph") if torch.device(device).type == "cuda" else ("plain", "eager")
     )
     rows = []
-    for name, dims in SIZES.items():
+    for name, network in NETWORKS.items():
         policies = {
-            "diffusion": _policy(dims).to(device).eval(),
-            "distilled": _policy(dims, distilled=True).to(device).eval(),
+            "diffusion": _policy(network).to(device).eval(),
+            "distilled": _policy(network, distilled=True).to(device).eval(),
         }
         for batch in (1, 50):
             obs = {k: torch.randn(batch, 2, *s, device=device) for k, s in OBS_SHAPES.items()}
-            for sampler, k in (("ddim", 5), ("ddim", 10), ("ddpm", 100), ("consistency", 1), ("consistency", 2)):
+            for sampler, k in (
+                ("ddim", 5),
+                ("ddim", 10),
+                ("ddpm", 100),
+                ("consistency", 1),
+                ("consistency", 2),
+            ):
                 policy = policies["distilled" if sampler == "consistency" else "diffusion"]
                 reps = repeats if k <= 10 or batch == 1 else max(1, repeats // 3)
 
@@ -137,7 +150,7 @@ def bench_train(steps: int, device: str = "cpu") -> list[dict]:
     dev = torch.device(device)
     for name, dims in SIZES.items():
         for amp in (False, True):
-            policy = _policy(dims).to(dev).train()
+            policy = _policy({"down_dims": dims}).to(dev).train()
             opt = torch.optim.AdamW(policy.net.parameters(), lr=1e-4)
             batch = {
                 "obs": {
