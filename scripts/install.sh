@@ -11,7 +11,9 @@
 #      never downloads the CUDA wheels there, and pip's configured index everywhere else;
 #      empty means pip's configured index. A URL that does not answer within 5 s, or an
 #      install from it that fails, falls back to pip's configured index;
-#   3. pip install -e ".[$EXTRAS]" (EXTRAS default test; EXTRAS= installs the core only).
+#   3. pip install -e ".[$EXTRAS]" (EXTRAS default test; EXTRAS= installs the core only;
+#      e.g. EXTRAS=test,gym-pusht,robosuite,interop), and robosuite 1.5.2 with --no-deps when
+#      the robosuite extra is named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -81,4 +83,10 @@ else
     fi
 fi
 "$PY" -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
+# robosuite 1.5.2 requires mink==0.0.5 (an IK library its robomimic tasks never load), which
+# requires numpy < 2: the "robosuite" extra lists what robosuite does import, and robosuite
+# itself goes in without its declared requirements
+case ",$EXTRAS," in
+    *,robosuite,*) "$PY" -m pip install -q --no-deps "robosuite==1.5.2" ;;
+esac
 say "installed into $VENV ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEARNED = ("diffusion", "mse")
-DEFAULT_ACTION_NOISE = {"PushT-v0": 3.0}  # px, as the quickstart; 0 for other environments
+DEFAULT_ACTION_NOISE = {"PushT-v0": 3.0, "GymPushT-v0": 3.0}  # px, as the quickstart; else 0
 NOISE_SEED = 0  # the sampler noise of every evaluation (scripts.eval --seed)
 TRAIN_MODULE = "dplite.scripts.train"
 # --quick: dp-train flags of a tiny run (a test runs the whole suite in seconds)
