@@ -4,6 +4,7 @@ and runs with changed settings that are refused before any work."""
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,10 +56,8 @@ def test_quick_suite_writes_the_leaderboard_and_plots_and_resumes(
                           ("expert", None), ("random", None)]  # fmt: skip
     for r in rows.values():  # the same held-out episodes for every method
         assert r["seeds"] == [100_000, 100_001] and r["eval_time_s"] > 0 and r["latency_ms"] > 0
-    assert (rows["diffusion", 0]["sampler"], rows["diffusion", 0]["inference_steps"]) == (
-        "ddim",
-        10,
-    )
+    diffusion = rows["diffusion", 0]
+    assert (diffusion["sampler"], diffusion["inference_steps"]) == ("ddim", 5)  # the default k
     assert (rows["mse", 1]["sampler"], rows["mse", 1]["inference_steps"]) == ("mse", 1)
     assert rows["expert", None]["success_rate"] == 1.0
     assert rows["mse", 0]["train_steps"] == 2 and rows["mse", 0]["train_time_s"] > 0
@@ -167,8 +166,137 @@ def test_training_time_adds_up_log_intervals_across_a_resume(tmp_path):
         (dict(methods=("mse", "mse")), r"--methods \('mse', 'mse'\) repeats"),
         (dict(episodes=0), "--episodes must be >= 1"),
         (dict(methods=("mse",), train_seeds=()), "no --train-seeds"),
+        (dict(latency_steps=-1), "--execution / --latency-steps: latency_steps must be >= 0"),
+        (dict(anchor_last_k=-1), "--anchor-last-k must be >= 0"),
+        (dict(anchor_last_k=3), "--anchor-last-k 3 needs --train-steps"),
+        (dict(anchor_last_k=3, train_steps=1000), "--train-steps 1000 is not a multiple"),
+        (dict(anchor_last_k=2, methods=("expert",), train_steps=4), "has none"),
     ],
 )
 def test_bad_suite_config_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         suite.Config(**kwargs)
+
+
+def test_quick_suite_with_transformer_anchor_metric_and_delayed_execution(tmp_path, one_thread):
+    """diffusion_transformer trains with dp-train --backbone transformer; --anchor-last-k 2
+    keeps and evaluates each run's last 2 checkpoints; --execution rtc --latency-steps 1
+    applies to the diffusion rows only; a later command without those options is refused."""
+    register_task(TOY, overwrite=True)
+    extra = ["--methods", "diffusion_transformer", "mse", "--sweep", "--anchor-last-k", "2",
+             "--execution", "rtc", "--latency-steps", "1"]  # fmt: skip
+    first = run(tmp_path, *extra)
+    # 4 trainings, 4 leaderboard evaluations, 2 checkpoints x 4 runs
+    assert len(first["ran"]) == 1 + 4 + 4 + 8
+    runs = tmp_path / "runs" / "toy_reach"
+    config = json.loads((runs / "diffusion_transformer" / "seed0" / "config.json").read_text())
+    assert config["backbone"] == "transformer" and config["keep_checkpoints"] == 2
+    assert json.loads((runs / "mse" / "seed1" / "config.json").read_text())["backbone"] == "unet"
+    # the checkpoints the anchor stages were planned on are the ones training kept
+    for method in ("diffusion_transformer", "mse"):
+        kept = sorted(p.name for p in (runs / method / "seed1" / "checkpoints").glob("step_*"))
+        assert kept == ["step_0000001", "step_0000002"]
+
+    rows = {(r["method"], r["train_seed"]): r for r in first["rows"]}
+    transformer, mse = rows["diffusion_transformer", 0], rows["mse", 0]
+    assert (transformer["execution"], transformer["latency_steps"]) == ("rtc", 1)
+    assert (mse["execution"], mse["latency_steps"]) == ("sync", 0)  # regression: no delay
+    assert transformer["latency_ms"] > 0 and transformer["train_time_s"] > 0
+    for r in (transformer, mse):
+        assert r["boundary_jerk"] is not None and r["within_jerk"] is not None
+    # the anchor numbers are the max and the mean of the checkpoints' own results
+    for (method, _), r in rows.items():
+        anchor = r["anchor"]
+        assert anchor["checkpoint_steps"] == [1, 2] and anchor["last_k"] == 2
+        results = [json.loads(Path(p).read_text()) for p in anchor["results"]]
+        assert [x["train_step"] for x in results] == [1, 2]
+        assert all(x["seeds"] == r["seeds"] for x in results)  # the same episodes
+        rewards = [x["mean_max_reward"] for x in results]
+        assert anchor["mean_max_reward"]["max"] == pytest.approx(max(rewards))
+        assert anchor["mean_max_reward"]["last_k_mean"] == pytest.approx(sum(rewards) / 2)
+        assert results[0]["execution"] == ("rtc" if method == "diffusion_transformer" else "sync")
+    means = {m["method"]: m for m in first["means"]}
+    per_seed = [rows["mse", s]["anchor"]["mean_max_reward"]["max"] for s in (0, 1)]
+    assert means["mse"]["anchor"]["mean_max_reward"]["max"] == pytest.approx(sum(per_seed) / 2)
+
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "success, max / mean of last 2 ckpts" in md and "| boundary jerk | within jerk |" in md
+    assert "rtc execution, 1-step delay" in md
+    lines = [line for line in md.splitlines() if line.startswith("| mse | **mean** |")]
+    reward = means["mse"]["anchor"]["mean_max_reward"]
+    assert f"| {reward['max']:.3f} / {reward['last_k_mean']:.3f} |" in lines[0]
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert board["header"]["anchor"] == {"last_k": 2, "checkpoint_steps": [1, 2]}
+    assert board["header"]["execution"]["execution"] == "rtc"
+
+    # the same folder without the delay: every diffusion evaluation differs, mse's do not
+    with pytest.raises(settings.SettingsMismatch) as refused:
+        run(tmp_path, *extra[:-4])
+    msg = str(refused.value)
+    assert 'execution: "rtc" -> (not set)' in msg and "latency_steps: 1 -> (not set)" in msg
+    assert "toy_reach/diffusion_transformer/seed0: anchor step 2" in msg
+    assert "toy_reach/mse/seed0: evaluate" not in msg
+
+
+def test_default_settings_are_those_of_suites_before_the_new_options():
+    """A suite folder written before --execution, --latency-steps, --anchor-last-k and
+    diffusion_transformer resumes: the default command plans the same stages with the same
+    recorded settings (fields written out by hand from the earlier records)."""
+    register_task(TOY, overwrite=True)
+    cfg = suite.Config(tasks=("toy_reach",), methods=("diffusion", "mse", "random"),
+                       train_seeds=(0,), sweep=("ddim1", "ddim5"))  # fmt: skip
+    stages = {s.name: s for s in pipeline.Suite(cfg).stages()}
+    assert list(stages) == [
+        "toy_reach: collect", "toy_reach/diffusion/seed0: train", "toy_reach/mse/seed0: train",
+        "toy_reach/diffusion/seed0: evaluate", "toy_reach/mse/seed0: evaluate",
+        "toy_reach/random: evaluate", "toy_reach/diffusion/seed0: sweep ddim1",
+    ]  # fmt: skip
+    train = stages["toy_reach/diffusion/seed0: train"].settings
+    assert train["train_flags"] == {"objective": "diffusion", "seed": 0}
+    assert stages["toy_reach/mse/seed0: train"].settings["train_flags"] == {
+        "objective": "mse",
+        "seed": 0,
+    }
+    assert stages["toy_reach/diffusion/seed0: evaluate"].settings == {
+        "method": "diffusion", "sampler": "ddim", "inference_steps": 5, "episodes": 50,
+        "seeds": "100000..100049", "noise_seed": 0, "latency_calls": 20, "train": train,
+    }  # fmt: skip
+    assert set(stages["toy_reach/random: evaluate"].settings) == {
+        "method", "sampler", "inference_steps", "episodes", "seeds", "noise_seed",
+        "latency_calls", "n_action_steps", "env",
+    }  # fmt: skip
+
+
+def test_anchor_checkpoint_steps_and_flags():
+    # TrainLoop saves at multiples of --save-every and at the last step, keeping the newest
+    assert pipeline.kept_checkpoint_steps(9000, 900, 10) == list(range(900, 9001, 900))
+    assert pipeline.kept_checkpoint_steps(1000, 333, 3) == [666, 999, 1000]
+    assert pipeline.kept_checkpoint_steps(2, 2, 1) == [2]
+    register_task(TOY, overwrite=True)
+    cfg = suite.Config(tasks=("toy_reach",), methods=("diffusion_transformer",), train_seeds=(3,),
+                       train_steps=9000, anchor_last_k=10, sweep=())  # fmt: skip
+    s = pipeline.Suite(cfg)
+    flags = s.train_flags("diffusion_transformer", 3)
+    assert flags == {"objective": "diffusion", "backbone": "transformer", "seed": 3,
+                     "steps": 9000, "save-every": 900, "keep-checkpoints": 10}  # fmt: skip
+    anchors = [st for st in s.stages() if ": anchor step" in st.name]
+    assert [st.settings["checkpoint_step"] for st in anchors] == list(range(900, 9001, 900))
+    assert anchors[-1].output.name == "seed3_step0009000.json"
+    assert "latency_calls" not in anchors[0].settings  # checkpoints are not timed
+    # --quick caps K at its training steps
+    quick = suite.effective(suite.Config(quick=True, anchor_last_k=10, tasks=("toy_reach",)))
+    assert quick.anchor_last_k == 2
+
+
+def test_mean_anchor_is_the_papers_max_and_last_k_mean_over_seeds():
+    def row(seed, success, reward):
+        scored = {"scores": success, "max": max(success), "last_k_mean": sum(success) / 2}
+        return {"train_seed": seed, "anchor": {"last_k": 2, "success_rate": scored,
+                                               "mean_max_reward": reward}}  # fmt: skip
+
+    out = report.mean_anchor([row(0, [0.6, 0.8], None), row(1, [0.9, 0.5], None)])
+    # per seed: max 0.8 and 0.9, mean of the last 2 0.7 and 0.7
+    assert out["success_rate"]["max"] == pytest.approx(0.85)
+    assert out["success_rate"]["last_k_mean"] == pytest.approx(0.7)
+    assert out["mean_max_reward"] is None  # a checkpoint without the score: none
+    assert report.mean_anchor([{"train_seed": 0}, row(1, [0.9, 0.5], None)]) is None

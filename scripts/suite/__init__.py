@@ -5,34 +5,52 @@ seeds, into one leaderboard.
         --train-seeds 0 1 --out outputs/suite
     python -m dplite.scripts.suite --out /tmp/suite --quick     # the whole pipeline, tiny, in seconds
 
-Methods: ``diffusion`` (the diffusion policy), ``mse`` (the same UNet, data and conditioning
-regressing the chunk: ``PolicyConfig.objective = "mse"``), ``expert`` (the task's scripted
-expert) and ``random`` (uniform actions); the last two are envs.baselines. For each task
-(pipeline.py):
+Methods: ``diffusion`` (the diffusion policy, 1D temporal UNet), ``diffusion_transformer``
+(the same diffusion policy with the time-series transformer denoiser: ``dp-train --backbone
+transformer``), ``mse`` (the same UNet, data and conditioning regressing the chunk:
+``PolicyConfig.objective = "mse"``), ``expert`` (the task's scripted expert) and ``random``
+(uniform actions); the last two are envs.baselines. For each task (pipeline.py):
 
 1. data: DIR/data/<task>.zarr, the task's expert through envs.collect as scripts.collect would
    write it (as the quickstart: 500 episodes, 3 px DART noise on PushT);
 2. train: each learned method per training seed, ``dp-train`` with its defaults in a
    subprocess, into DIR/runs/<task>/<method>/seed<k> (an unfinished run resumes);
 3. evaluate: every method on the same held-out seeds (envs.EVAL_SEED_START, +1, ...) into
-   DIR/results/<task>/<method>/seed<k>.json (learned; their best/ policy, DDIM 10 for
-   diffusion) or .../untrained.json (expert, random: To = Ta = 1);
-4. sweep: the diffusion policy of each training seed at DDIM 1, 2, 3, 5, 10, 20 and DDPM 100
-   (with the policy's own timestep spacing) on the same seeds: DIR/results/<task>/diffusion_sweep/seed<k>_<sampler><k>.json;
-5. report (report.py, plots.py): DIR/leaderboard.json (all rows), DIR/leaderboard.md (a table
+   DIR/results/<task>/<method>/seed<k>.json (learned; their best/ policy, DDIM
+   --inference-steps for the diffusion methods) or .../untrained.json (expert, random:
+   To = Ta = 1);
+4. sweep: the diffusion policy (UNet) of each training seed at DDIM 1, 2, 3, 5, 10, 20 and
+   DDPM 100 (with the policy's own timestep spacing) on the same seeds:
+   DIR/results/<task>/diffusion_sweep/seed<k>_<sampler><k>.json;
+5. anchor (--anchor-last-k K > 0 only): the last K step checkpoints of each learned run
+   (training then keeps K, saved every steps / K) on the same seeds with the row's sampler:
+   DIR/results/<task>/<method>_anchor/seed<k>_step<NNNNNNN>.json, reduced by
+   envs.metrics.anchor_metric to the Diffusion Policy paper's "max / mean of the last K";
+6. report (report.py, plots.py): DIR/leaderboard.json (all rows), DIR/leaderboard.md (a table
    per task) and DIR/plots/<task>_training.png, <task>_inference_steps.png.
+
+--execution and --latency-steps evaluate the diffusion methods' rows (leaderboard, sweep,
+anchor) under an inference delay (envs/rollout.py ChunkExecution, as dp-eval's options of the
+same names); mse and the baselines always run without one. The delay d may not exceed the
+policy's Ta (dp-train's --n-action-steps).
 
 Re-running the command resumes: every stage skips what it finds complete (result files are
 written atomically: one that exists is complete). Each stage records the settings it ran with
 beside its output (<output>.settings.json, settings.py); a resumed stage whose recorded
 settings differ from this command's is refused, before any work, with the fields that differ,
-rather than its old results reused. What each row measures:
+rather than its old results reused. The options added later (--execution, --latency-steps,
+--anchor-last-k) enter a record only when they differ from their defaults, so a folder of an
+older suite resumes unchanged. What each row measures:
 
 * success rate with its 95 % Wilson CI and the mean of per-episode maximum reward;
+* with --anchor-last-k: the max and the mean of the last K checkpoints' success rates and
+  mean max rewards (per training seed; the mean row averages them over seeds, as the paper);
+* boundary / within jerk: mean |delta action| across chunk boundaries / within chunks
+  (envs.rollout.action_jerk), shown when the results have them;
 * eval time: wall time of the batched rollout of all its episodes (scripts.eval's);
 * latency: median of --latency-calls predict_action calls at batch 1 (after 2 warm-up calls),
-  with the row's sampler, on the task's first evaluation observation (for the baselines: one
-  call of their policy function);
+  with the row's sampler (and, under rtc execution, its committed prefix), on the task's first
+  evaluation observation (for the baselines: one call of their policy function);
 * training time: from the run's metrics.jsonl (report.training_time): optimizer steps,
   validation loss and checkpoint writes, without the rollout checks during training.
 """
@@ -49,13 +67,20 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from dplite.envs.options import run_command
+from dplite.envs.rollout import ChunkExecution
 from dplite.scripts.suite import settings
-from dplite.scripts.suite.pipeline import LEARNED, NOISE_SEED, Suite, parse_setting
+from dplite.scripts.suite.pipeline import (
+    LEARNED,
+    NOISE_SEED,
+    QUICK_TRAIN,
+    Suite,
+    parse_setting,
+)
 from dplite.scripts.suite.report import write_leaderboard
 
 log = logging.getLogger(__name__)
 
-Method = Literal["diffusion", "mse", "expert", "random"]
+Method = Literal["diffusion", "diffusion_transformer", "mse", "expert", "random"]
 # --quick: the whole pipeline on a toy scale (a test runs it in seconds); its training flags
 # are pipeline.QUICK_TRAIN
 QUICK = dict(demo_episodes=3, episodes=2, sweep=("ddim1", "ddim2"), latency_calls=3)
@@ -66,6 +91,8 @@ class Config:
     tasks: tuple[str, ...] = ("pusht",)
     """Registered task names (envs.tasks.list_tasks())."""
     methods: tuple[Method, ...] = ("diffusion", "mse", "expert", "random")
+    """diffusion (the UNet), diffusion_transformer (the transformer denoiser), mse (the UNet
+    regressing the chunk), expert, random."""
     train_seeds: tuple[int, ...] = (0, 1)
     """Training seeds of the learned methods (one run each)."""
     out: Path = Path("outputs/suite")
@@ -86,6 +113,18 @@ class Config:
     """Training steps (default: scripts.train's)."""
     latency_calls: int = 20
     """Timed predict_action calls per latency (the median is reported)."""
+    execution: Literal["sync", "async", "ensemble", "rtc"] = "sync"
+    """Chunk execution of the diffusion methods' evaluations under --latency-steps (dp-eval's
+    --execution): sync (the world waits), async, ensemble (ACT's temporal ensembling) or rtc
+    (real-time chunking, guidance). mse and the baselines always run sync."""
+    latency_steps: int = 0
+    """Inference delay d in control steps of the diffusion methods' evaluations (dp-eval's
+    --latency-steps); at most the policy's Ta."""
+    anchor_last_k: int = 0
+    """K > 0: also evaluate the last K step checkpoints of every learned run (training keeps
+    K, saved every --train-steps / K) and report the Diffusion Policy paper's max / mean of the
+    last K; 0: off. Needs --train-steps, a multiple of K (--quick: K at most its training
+    steps)."""
     env_import: tuple[str, ...] = ()
     """Modules imported first (e.g. ones that register more tasks)."""
     device: str = "auto"
@@ -116,11 +155,42 @@ class Config:
             raise ValueError(f"--train-steps must be >= 1, got {self.train_steps}")
         if self.action_noise is not None and self.action_noise < 0:
             raise ValueError(f"--action-noise must be >= 0, got {self.action_noise}")
+        try:
+            ChunkExecution(self.execution, self.latency_steps)
+        except ValueError as e:
+            raise ValueError(f"--execution / --latency-steps: {e}") from None
+        self._check_anchor()
+
+    def _check_anchor(self) -> None:
+        k = self.anchor_last_k
+        if k < 0:
+            raise ValueError(f"--anchor-last-k must be >= 0 (0: off), got {k}")
+        if k == 0 or self.quick:
+            return  # --quick trains QUICK_TRAIN's steps and caps K (effective)
+        if not any(m in LEARNED for m in self.methods):
+            raise ValueError(
+                f"--anchor-last-k {k} evaluates checkpoints of learned methods, but --methods "
+                f"{self.methods} has none"
+            )
+        if self.train_steps is None:
+            raise ValueError(
+                f"--anchor-last-k {k} needs --train-steps: checkpoints are saved every "
+                "train-steps / K steps so that the last K are evenly spaced"
+            )
+        if self.train_steps % k:
+            raise ValueError(
+                f"--train-steps {self.train_steps} is not a multiple of --anchor-last-k {k}: "
+                "the last K checkpoints would not be evenly spaced"
+            )
 
 
 def effective(cfg: Config) -> Config:
-    """The config the suite runs: --quick replaces sizes with tiny ones."""
-    return dataclasses.replace(cfg, **QUICK) if cfg.quick else cfg
+    """The config the suite runs: --quick replaces sizes with tiny ones (and caps
+    --anchor-last-k at its training steps)."""
+    if not cfg.quick:
+        return cfg
+    steps = cfg.train_steps or QUICK_TRAIN["steps"]
+    return dataclasses.replace(cfg, **QUICK, anchor_last_k=min(cfg.anchor_last_k, steps))
 
 
 def main(cfg: Config) -> dict[str, Any]:

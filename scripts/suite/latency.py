@@ -1,7 +1,12 @@
 """Batch-1 latency of a suite row: the median of ``calls`` calls (policy.timing.median_ms,
 after WARMUP_CALLS untimed ones) on the first evaluation seed's reset observation, its history
 that observation repeated To times. A learned policy is timed through predict_action with the
-row's sampler; a baseline through one call of its policy function."""
+row's sampler; a baseline through one call of its policy function.
+
+Under rtc execution a chunk is sampled with a prefix (its committed first d actions and the next
+soft-weighted ones; guidance costs one backward pass per denoising step), so its calls are
+timed with the prefix the rollout would pass after the first chunk: the first untimed call's
+own chunk as the target, with envs.rollout.rtc_prefix_weights."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import numpy as np
 import torch
 
 from dplite.envs.baselines import make_baseline
+from dplite.envs.rollout import ChunkExecution, rtc_prefix_weights
 from dplite.envs.tasks import TaskSpec, flatten_obs, make_env, task_from_metadata
 from dplite.policy.diffusion import DiffusionPolicy
 from dplite.policy.timing import median_ms
@@ -23,6 +29,7 @@ def policy_latency_ms(
     seed: int,
     calls: int,
     noise_seed: int = 0,
+    execution: ChunkExecution | None = None,
 ) -> float:
     pcfg, device = policy.cfg, policy.device
     env = make_env(task_from_metadata(policy.metadata), obs_keys=list(pcfg.obs_shapes))
@@ -37,14 +44,40 @@ def policy_latency_ms(
     gen = torch.Generator(device).manual_seed(noise_seed)
     was_training = policy.training
     policy.eval()
-    try:  # median_ms synchronizes CUDA around each call: it times the work
+    try:
+        kwargs = rtc_prefix(policy, batch, sampler, k, gen, execution or ChunkExecution())
+        # median_ms synchronizes CUDA around each call: it times the work
         return median_ms(
-            lambda: policy.predict_action(batch, sampler, k, generator=gen),
+            lambda: policy.predict_action(batch, sampler, k, generator=gen, **kwargs),
             calls,
             warmup=WARMUP_CALLS,
         )
     finally:
         policy.train(was_training)
+
+
+def rtc_prefix(
+    policy: DiffusionPolicy,
+    batch: dict[str, torch.Tensor],
+    sampler: str | None,
+    k: int | None,
+    gen: torch.Generator,
+    execution: ChunkExecution,
+) -> dict:
+    """predict_action's prefix arguments of an rtc chunk after the first ({} otherwise), as
+    PolicyActor passes them: To - 1 free rows, d frozen, then up to `blend` soft ones."""
+    pcfg, d = policy.cfg, execution.delay
+    if execution.mode != "rtc":
+        return {}
+    skip = pcfg.n_obs_steps - 1
+    left = pcfg.horizon - skip - (pcfg.n_action_steps + d)  # as the rollout: the plan beyond
+    soft = max(0, min(execution.blend, left))
+    if d + soft == 0:
+        return {}
+    with torch.no_grad():
+        chunk = policy.predict_action(batch, sampler, k, generator=gen)["action_pred"]
+    weights = np.concatenate([np.zeros(skip, np.float32), rtc_prefix_weights(d, soft)])
+    return {"prefix": chunk[:, : skip + d + soft], "prefix_weights": weights}  # (1, P, Da), (P,)
 
 
 def baseline_latency_ms(method: str, spec: TaskSpec, seed: int, calls: int) -> float:
@@ -62,4 +95,4 @@ def baseline_latency_ms(method: str, spec: TaskSpec, seed: int, calls: int) -> f
         env.close()
 
 
-__all__ = ["WARMUP_CALLS", "baseline_latency_ms", "policy_latency_ms"]
+__all__ = ["WARMUP_CALLS", "baseline_latency_ms", "policy_latency_ms", "rtc_prefix"]

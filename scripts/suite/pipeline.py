@@ -1,5 +1,5 @@
-"""The suite's stages, per task: data, train, evaluate, sweep; each evaluation also times the
-policy's latency. Each stage is a settings.Stage: its output, its settings, a check whether the
+"""The suite's stages, per task: data, train, evaluate, sweep, anchor; each leaderboard and sweep
+evaluation also times the policy's latency. Each stage is a settings.Stage: its output, its settings, a check whether the
 output is complete, and the work.
 
 * data: the task's expert through envs.collect (ExpertEpisodes) into a ReplayBuffer, resuming a
@@ -8,7 +8,11 @@ output is complete, and the work.
   training is a whole command with its own resume, which it keeps). Complete when the run's
   latest checkpoint reached the steps in its config.json.
 * evaluate / sweep: in this process, envs.evaluate.evaluate_policy on a PolicyActor (learned)
-  or an envs.baselines baseline, plus the batch-1 latency (latency.py).
+  or an envs.baselines baseline, plus the batch-1 latency (latency.py). The diffusion methods
+  run under the suite's chunk execution (--execution, --latency-steps), the others sync.
+* anchor (--anchor-last-k K): as evaluate, on each of the last K step checkpoints a run keeps
+  (checkpoints/step_NNNNNNN, known in advance: TrainLoop saves at multiples of --save-every
+  and at the end), without latency.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dplite.envs import DEMO_SEED_START, EVAL_SEED_START
 from dplite.envs.baselines import evaluate_baseline
 from dplite.envs.collect import ExpertEpisodes, dataset_attrs, resume_seed
 from dplite.envs.evaluate import evaluate_policy
+from dplite.envs.rollout import ChunkExecution
 from dplite.envs.tasks import (
     TaskSpec,
     get_task,
@@ -51,7 +56,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LEARNED = ("diffusion", "mse")
+LEARNED = ("diffusion", "diffusion_transformer", "mse")
+DIFFUSION = ("diffusion", "diffusion_transformer")
+"""Sampled with DDIM --inference-steps, under the suite's chunk execution."""
+# the dp-train flags that make each learned method (besides --seed and the suite's own)
+METHOD_FLAGS: dict[str, dict[str, Any]] = {
+    "diffusion": {"objective": "diffusion"},
+    "diffusion_transformer": {"objective": "diffusion", "backbone": "transformer"},
+    "mse": {"objective": "mse"},
+}
 DEFAULT_ACTION_NOISE = {"PushT-v0": 3.0, "GymPushT-v0": 3.0}  # px, as the quickstart; else 0
 NOISE_SEED = 0  # the sampler noise of every evaluation (scripts.eval --seed)
 TRAIN_MODULE = "dplite.scripts.train"
@@ -67,6 +80,9 @@ QUICK_TRAIN: dict[str, Any] = {
     "eval-every": 1,
     "eval-episodes": 1,
 }
+UNET_FLAGS = ("down-dims", "diffusion-step-embed-dim")
+# --quick: a tiny transformer in place of QUICK_TRAIN's UNet widths
+QUICK_TRANSFORMER: dict[str, Any] = {"n-layer": 1, "n-head": 2, "n-emb": 16}
 
 
 def parse_setting(setting: str) -> tuple[str, int]:
@@ -98,6 +114,13 @@ def finished_step(run: Path) -> int:
     return int(json.loads(latest.read_text())["step"]) if latest.is_file() else -1
 
 
+def kept_checkpoint_steps(steps: int, every: int, keep: int) -> list[int]:
+    """The steps of the checkpoints a finished run of `steps` steps, saving every `every` and
+    keeping `keep`, has left (TrainLoop: at multiples of `every` and at the last step)."""
+    saved = sorted({*range(every, steps + 1, every), steps})
+    return saved[-keep:]
+
+
 def run_complete(run: Path) -> bool:
     """The latest checkpoint reached the steps of the run's config.json (dp-train writes it
     at the start of every run and resume)."""
@@ -124,6 +147,13 @@ class Layout:
     def sweep(self, task: str, seed: int, setting: str) -> Path:
         return self.root / "results" / task / "diffusion_sweep" / f"seed{seed}_{setting}.json"
 
+    def anchor(self, task: str, method: str, seed: int, step: int) -> Path:
+        return self.root / "results" / task / f"{method}_anchor" / f"seed{seed}_step{step:07d}.json"
+
+    @staticmethod
+    def checkpoint(run: Path, step: int) -> Path:
+        return run / "checkpoints" / f"step_{step:07d}"
+
     def plot(self, task: str, kind: str) -> Path:
         return self.root / "plots" / f"{task}_{kind}.png"
 
@@ -144,6 +174,49 @@ class Suite:
     def baselines(self) -> list[str]:
         return [m for m in self.cfg.methods if m not in LEARNED]
 
+    def row_sampler(self, method: str) -> tuple[str, int]:
+        """(sampler, k) of a learned method's leaderboard row; mse: one network evaluation."""
+        return ("ddim", self.cfg.inference_steps) if method in DIFFUSION else ("mse", 1)
+
+    def train_steps(self) -> int | None:
+        """The runs' training steps when the suite sets them (None: dp-train's default)."""
+        if self.cfg.train_steps is not None:
+            return self.cfg.train_steps
+        return QUICK_TRAIN["steps"] if self.cfg.quick else None
+
+    def anchor_flags(self) -> dict[str, Any]:
+        """dp-train flags that keep the last --anchor-last-k checkpoints, evenly spaced."""
+        k = self.cfg.anchor_last_k
+        if not k:
+            return {}
+        steps = self.train_steps()
+        assert steps is not None and steps >= k  # Config and effective() see to it
+        return {"save-every": steps // k, "keep-checkpoints": k}
+
+    def anchor_steps(self) -> list[int]:
+        """The steps of the checkpoints the anchor metric evaluates (empty: off)."""
+        flags = self.anchor_flags()
+        if not flags:
+            return []
+        steps = self.train_steps()
+        assert steps is not None
+        return kept_checkpoint_steps(steps, flags["save-every"], flags["keep-checkpoints"])
+
+    def execution(self, method: str) -> ChunkExecution:
+        """The chunk execution of a method's evaluations: the suite's for the diffusion
+        methods, sync without delay for the others."""
+        if method in DIFFUSION:
+            return ChunkExecution(self.cfg.execution, self.cfg.latency_steps)
+        return ChunkExecution()
+
+    def execution_settings(self, method: str) -> dict[str, Any]:
+        """The execution fields of an evaluation's settings: none at the default (sync, no
+        delay), so the records of suites from before the options still match."""
+        ex = self.execution(method)
+        if ex == ChunkExecution():
+            return {}
+        return {"execution": ex.mode, "latency_steps": ex.latency_steps}
+
     def stages(self) -> list[Stage]:
         """Everything to do, in order: data before training before evaluation."""
         cfg, lay, stages = self.cfg, self.layout, []
@@ -160,14 +233,11 @@ class Suite:
                 stages.append(self.train_stage(spec, method, seed, settings))
             for (method, seed), settings in train.items():
                 path, name = lay.result(task, method, seed), f"{task}/{method}/seed{seed}: evaluate"
-                # the mse objective always runs one network evaluation
-                sampler, k = ("ddim", cfg.inference_steps) if method == "diffusion" else ("mse", 1)
+                sampler, k = self.row_sampler(method)
                 stages.append(self.eval_stage(name, path, spec, method, seed, sampler, k, settings))
             for method in self.baselines():
                 stages.append(self.baseline_stage(spec, method))
-            if "diffusion" not in cfg.methods:
-                continue
-            for seed in cfg.train_seeds:
+            for seed in cfg.train_seeds if "diffusion" in cfg.methods else ():
                 for setting in cfg.sweep:
                     if setting == self.main_setting:
                         continue  # the leaderboard row is that evaluation
@@ -176,6 +246,16 @@ class Suite:
                     path, settings = lay.sweep(task, seed, setting), train["diffusion", seed]
                     stages.append(
                         self.eval_stage(name, path, spec, "diffusion", seed, sampler, k, settings)
+                    )
+            for (method, seed), settings in train.items():
+                sampler, k = self.row_sampler(method)
+                for step in self.anchor_steps():
+                    name = f"{task}/{method}/seed{seed}: anchor step {step}"
+                    path = lay.anchor(task, method, seed, step)
+                    stages.append(
+                        self.eval_stage(
+                            name, path, spec, method, seed, sampler, k, settings, step=step
+                        )
                     )
         return stages
 
@@ -230,11 +310,16 @@ class Suite:
     # ---------------------------------------------------------------- training
     def train_flags(self, method: str, seed: int) -> dict[str, Any]:
         """The dp-train flags a run's result depends on (not its paths, device or display)."""
-        flags: dict[str, Any] = {"objective": method, "seed": seed}
+        flags: dict[str, Any] = {**METHOD_FLAGS[method], "seed": seed}
         if self.cfg.quick:
             flags.update(QUICK_TRAIN)
+            if flags.get("backbone") == "transformer":
+                for name in UNET_FLAGS:
+                    del flags[name]
+                flags.update(QUICK_TRANSFORMER)
         if self.cfg.train_steps is not None:
             flags["steps"] = self.cfg.train_steps
+        flags.update(self.anchor_flags())
         if self.cfg.env_import:
             flags["env-import"] = list(self.cfg.env_import)
         return flags
@@ -274,6 +359,7 @@ class Suite:
             "seeds": f"{self.seeds[0]}..{self.seeds[-1]}",
             "noise_seed": NOISE_SEED,
             "latency_calls": self.cfg.latency_calls,
+            **self.execution_settings(method),
         }
 
     def eval_stage(
@@ -286,22 +372,48 @@ class Suite:
         sampler: str,
         k: int,
         train: dict,
+        step: int | None = None,
     ) -> Stage:
+        """An evaluation of the run's best/ policy (timed), or with `step` of its step
+        checkpoint (anchor metric, untimed)."""
         # and the run it evaluates: Ta is the policy's own, set by these training settings
         settings = {**self.eval_settings(method, sampler, k), "train": train}
+        if step is not None:
+            del settings["latency_calls"]
+            settings["checkpoint_step"] = step
         run = self.layout.run(output_name(spec), method, seed)
-        work = partial(self.evaluate_learned, run, method, seed, sampler, k, path)
+        work = partial(self.evaluate_learned, run, method, seed, sampler, k, path, step)
         return Stage(name, path, settings, done=path.exists, run=work)
 
     def evaluate_learned(
-        self, run: Path, method: str, seed: int, sampler: str, k: int, path: Path
+        self,
+        run: Path,
+        method: str,
+        seed: int,
+        sampler: str,
+        k: int,
+        path: Path,
+        step: int | None = None,
     ) -> None:
         sampler_arg = None if sampler == "mse" else sampler  # an mse policy's own
-        policy_dir = find_policy_dir(run)
+        if step is None:
+            policy_dir = find_policy_dir(run)
+        else:
+            policy_dir = self.layout.checkpoint(run, step)
+            if not (policy_dir / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{policy_dir}: no such checkpoint; the anchor metric evaluates the last "
+                    f"{self.cfg.anchor_last_k} checkpoints a run keeps, which dp-train keeps "
+                    f"only when the suite trained the run with --anchor-last-k "
+                    f"{self.cfg.anchor_last_k}"
+                )
         policy = DiffusionPolicy.from_pretrained(policy_dir, device=self.device)
         actor = PolicyActor(policy, sampler_arg, k, noise_seed=NOISE_SEED)
         spec = task_from_metadata(policy.metadata)
-        summary, _ = evaluate_policy(actor, spec, self.seeds, progress=self.cfg.progress)
+        execution = self.execution(method)
+        summary, _ = evaluate_policy(
+            actor, spec, self.seeds, progress=self.cfg.progress, execution=execution
+        )
         summary.update(
             method=method,
             train_seed=seed,
@@ -309,12 +421,21 @@ class Suite:
             train_step=policy.metadata.get("step"),
             device=str(self.device),
             eval_time_s=summary["wall_time_s"],
-            latency_ms=policy_latency_ms(
-                policy, sampler_arg, k, self.seeds[0], self.cfg.latency_calls, NOISE_SEED
-            ),
-            latency_calls=self.cfg.latency_calls,
-            **training_time(run),
         )
+        if step is None:
+            summary.update(
+                latency_ms=policy_latency_ms(
+                    policy,
+                    sampler_arg,
+                    k,
+                    self.seeds[0],
+                    self.cfg.latency_calls,
+                    NOISE_SEED,
+                    execution,
+                ),
+                latency_calls=self.cfg.latency_calls,
+                **training_time(run),
+            )
         atomic_write(path, json.dumps(summary, indent=2))
 
     def baseline_stage(self, spec: TaskSpec, method: str) -> Stage:
@@ -339,4 +460,13 @@ class Suite:
         atomic_write(path, json.dumps(summary, indent=2))
 
 
-__all__ = ["LEARNED", "Layout", "Suite", "finished_step", "parse_setting", "run_complete"]
+__all__ = [
+    "DIFFUSION",
+    "LEARNED",
+    "Layout",
+    "Suite",
+    "finished_step",
+    "kept_checkpoint_steps",
+    "parse_setting",
+    "run_complete",
+]

@@ -26,7 +26,7 @@ from matplotlib import ticker  # noqa: E402
 from dplite.policy.checkpoint import atomic_file  # noqa: E402
 
 # one colour family per method, a shade per training seed
-METHOD_CMAPS = {"diffusion": "Blues", "mse": "Oranges"}
+METHOD_CMAPS = {"diffusion": "Blues", "diffusion_transformer": "Greens", "mse": "Oranges"}
 SAMPLER_MARKERS = {"ddim": "o", "ddpm": "s"}
 
 

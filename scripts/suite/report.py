@@ -1,6 +1,12 @@
 """The suite's report: the leaderboard (leaderboard.json with every row, leaderboard.md with a
 table per task), the means over training seeds, the plots, and the training time of a run.
 
+With --anchor-last-k K every learned row carries ``anchor``: the scores (success rate, mean max
+reward) of the run's last K checkpoints in training order, and their max and mean
+(envs.metrics.anchor_metric of that one seed); a mean row carries anchor_metric over its seeds,
+the Diffusion Policy paper's "max / avg of last K". The table shows them as "max / mean".
+Action jerk columns (boundary, within) appear for a task when any of its rows has them.
+
 Training time is read from the run's metrics.jsonl: the sum over log intervals of
 steps / it_s, i.e. optimizer steps, validation loss and checkpoint writes, without the rollout
 checks during training (those are ``train_rollout_eval_s``). It survives resumes, unlike a
@@ -18,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dplite.envs.rollout import wilson_interval
+from dplite.envs.metrics import anchor_metric
+from dplite.envs.rollout import ChunkExecution, wilson_interval
 from dplite.envs.tasks import output_name
 from dplite.policy.checkpoint import atomic_write
 from dplite.policy.timing import cpu_model
@@ -36,6 +43,8 @@ CAPTIONS = {
     "training": "success and loss vs training step",
     "inference_steps": "diffusion policy: success and latency vs inference steps",
 }
+ANCHOR_SCORES = ("success_rate", "mean_max_reward")  # the numbers the anchor metric reduces
+JERKS = ("boundary_jerk", "within_jerk")
 
 
 def training_time(run: Path) -> dict[str, Any]:
@@ -66,7 +75,8 @@ def machine(device: torch.device) -> str:
 
 
 def rows(suite: Suite) -> list[dict]:
-    """Every result of this configuration, in table order (task, method, seed)."""
+    """Every result of this configuration, in table order (task, method, seed); learned rows
+    carry their anchor metric when the suite computes one."""
     out = []
     for spec in suite.specs.values():
         task = output_name(spec)
@@ -74,7 +84,44 @@ def rows(suite: Suite) -> list[dict]:
             seeds = suite.cfg.train_seeds if method in suite.learned() else (None,)
             for seed in seeds:
                 path = suite.layout.result(task, method, seed)
-                out.append({**json.loads(path.read_text()), "result": str(path)})
+                row = {**json.loads(path.read_text()), "result": str(path)}
+                if seed is not None and suite.anchor_steps():
+                    row["anchor"] = seed_anchor(suite, task, method, seed)
+                out.append(row)
+    return out
+
+
+def seed_anchor(suite: Suite, task: str, method: str, seed: int) -> dict[str, Any]:
+    """One run's anchor record: per score, its last K checkpoints' values and their max and
+    mean (None where a checkpoint's result lacks the score)."""
+    steps = suite.anchor_steps()
+    paths = [suite.layout.anchor(task, method, seed, step) for step in steps]
+    results = [json.loads(p.read_text()) for p in paths]
+    record: dict[str, Any] = {
+        "last_k": len(steps),
+        "checkpoint_steps": steps,
+        "results": [str(p) for p in paths],
+    }
+    for key in ANCHOR_SCORES:
+        scores = [r.get(key) for r in results]
+        if any(v is None for v in scores):
+            record[key] = None
+            continue
+        metric = anchor_metric({seed: scores}, len(steps))
+        record[key] = {"scores": scores, "max": metric["max"], "last_k_mean": metric["last_k_mean"]}
+    return record
+
+
+def mean_anchor(group: list[dict]) -> dict[str, Any] | None:
+    """The paper's metric over a method's training seeds from their rows' anchor records."""
+    if any(r.get("anchor") is None for r in group):
+        return None
+    k = group[0]["anchor"]["last_k"]
+    out: dict[str, Any] = {"last_k": k}
+    for key in ANCHOR_SCORES:
+        per_seed = {r["train_seed"]: r["anchor"][key] for r in group}
+        ok = all(v is not None for v in per_seed.values())
+        out[key] = anchor_metric({s: v["scores"] for s, v in per_seed.items()}, k) if ok else None
     return out
 
 
@@ -115,9 +162,25 @@ def plots(suite: Suite) -> dict[str, dict[str, Path]]:
     return out
 
 
+def samplers(suite: Suite, noise_seed: int) -> dict[str, str]:
+    """What acts in each method's rows, for the methods of this suite."""
+    cfg, ex = suite.cfg, suite.execution("diffusion")
+    diffusion = f"DDIM k={cfg.inference_steps}, noise seed {noise_seed}"
+    if ex != ChunkExecution():
+        diffusion += f", {ex.mode} execution, {ex.latency_steps}-step delay"
+    text = {
+        "diffusion": diffusion,
+        "diffusion_transformer": f"{diffusion} (transformer denoiser)",
+        "mse": "one network evaluation",
+        "expert": "the scripted expert, To = Ta = 1",
+        "random": "uniform actions, To = Ta = 1",
+    }
+    return {m: text[m] for m in cfg.methods}
+
+
 def header(suite: Suite, noise_seed: int) -> dict[str, Any]:
     cfg = suite.cfg
-    return {
+    head = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(suite.device),
         "torch": torch.__version__,
@@ -126,15 +189,16 @@ def header(suite: Suite, noise_seed: int) -> dict[str, Any]:
         "eval_seeds": [suite.seeds[0], suite.seeds[-1]],
         "train_seeds": list(cfg.train_seeds),
         "demo_episodes": cfg.demo_episodes,
-        "samplers": {
-            "diffusion": f"DDIM k={cfg.inference_steps}, noise seed {noise_seed}",
-            "mse": "one network evaluation",
-            "expert": "the scripted expert, To = Ta = 1",
-            "random": "uniform actions, To = Ta = 1",
-        },
+        "samplers": samplers(suite, noise_seed),
         "latency_calls": cfg.latency_calls,
         "quick": cfg.quick,
     }
+    ex = suite.execution("diffusion")
+    if ex != ChunkExecution():
+        head["execution"] = ex.record()  # of the diffusion methods' rows
+    if suite.anchor_steps() and suite.learned():
+        head["anchor"] = {"last_k": cfg.anchor_last_k, "checkpoint_steps": suite.anchor_steps()}
+    return head
 
 
 # ---------------------------------------------------------------------------------- tables
@@ -171,8 +235,12 @@ def mean_rows(rows: list[dict]) -> list[dict]:
                 "train_time_s": mean("train_time_s"),
                 "eval_time_s": mean("eval_time_s"),
                 "latency_ms": mean("latency_ms"),
+                **{key: mean(key) for key in JERKS},
             }
         )
+        anchor = mean_anchor(group)
+        if anchor is not None:
+            means[-1]["anchor"] = anchor
     return means
 
 
@@ -186,17 +254,48 @@ def _reward(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def _table_row(method: str, r: dict) -> str:
+def _max_mean(anchor: dict | None, key: str, digits: int) -> str:
+    """An anchor score as "max / mean of last K", "-" where there is none."""
+    score = None if anchor is None else anchor.get(key)
+    if score is None:
+        return "-"
+    return f"{score['max']:.{digits}f} / {score['last_k_mean']:.{digits}f}"
+
+
+def _jerk(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _table_row(method: str, r: dict, anchor: bool, jerk: bool) -> str:
     lo, hi = r["success_ci95"]
     seed = "-" if r["train_seed"] is None else r["train_seed"]
     success = f"{r['success_rate']:.2f} ({lo:.2f}-{hi:.2f})"
     if seed == "mean":
         seed, success = "**mean**", f"**{r['success_rate']:.2f}** ({lo:.2f}-{hi:.2f})"
+    cells = [method, seed, success]
+    if anchor:
+        cells.append(_max_mean(r.get("anchor"), "success_rate", 2))
+    cells.append(_reward(r["mean_max_reward"]))
+    if anchor:
+        cells.append(_max_mean(r.get("anchor"), "mean_max_reward", 3))
+    if jerk:
+        cells += [_jerk(r.get(key)) for key in JERKS]
     latency = "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.2f} ms"
-    return (
-        f"| {method} | {seed} | {success} | {_reward(r['mean_max_reward'])} | "
-        f"{_seconds(r.get('train_time_s'))} | {_seconds(r.get('eval_time_s'))} | {latency} |"
-    )
+    cells += [_seconds(r.get("train_time_s")), _seconds(r.get("eval_time_s")), latency]
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def _table_head(k: int | None, jerk: bool) -> list[str]:
+    names = ["method", "training seed", "success (95 % CI)"]
+    if k:
+        names.append(f"success, max / mean of last {k} ckpts")
+    names.append("mean max reward")
+    if k:
+        names.append(f"mean max reward, max / mean of last {k}")
+    if jerk:
+        names += ["boundary jerk", "within jerk"]
+    names += ["training time", "eval time", "latency"]
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
 
 
 def markdown(header: dict, rows: list[dict], means: list[dict], plots: dict, root: Path) -> str:
@@ -217,21 +316,28 @@ def markdown(header: dict, rows: list[dict], means: list[dict], plots: dict, roo
         f"episodes. Latency: median of {h['latency_calls']} calls at batch 1 (predict_action "
         "for learned methods).",
     ]
+    k = h.get("anchor", {}).get("last_k")
+    if k:
+        steps = ", ".join(map(str, h["anchor"]["checkpoint_steps"]))
+        lines.append(
+            f"Max / mean of last {k}: the Diffusion Policy paper's checkpoint protocol; each "
+            f"run's checkpoints at steps {steps} on the same episodes, their max and mean (mean "
+            "rows: each averaged over the training seeds)."
+        )
+    if any(r.get(key) is not None for r in rows for key in JERKS):
+        lines.append(
+            "Jerk: mean |delta action| between consecutive executed actions across chunk "
+            "boundaries (boundary) and inside chunks (within)."
+        )
     for task in dict.fromkeys(r["task"] for r in rows):
-        lines += [
-            "",
-            f"## {task}",
-            "",
-            "| method | training seed | success (95 % CI) | mean max reward | training time "
-            "| eval time | latency |",
-            "|---|---|---|---|---|---|---|",
-        ]
+        jerk = any(r.get(key) is not None for r in rows if r["task"] == task for key in JERKS)
+        lines += ["", f"## {task}", "", *_table_head(k, jerk)]
         task_means = {m["method"]: m for m in means if m["task"] == task}
         for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
             group = [r for r in rows if r["task"] == task and r["method"] == method]
             if method in task_means:
                 group = [*group, task_means[method]]
-            lines += [_table_row(method, r) for r in group]
+            lines += [_table_row(method, r, bool(k), jerk) for r in group]
         for kind, png in plots.get(task, {}).items():
             rel = png.relative_to(root).as_posix()
             lines += ["", f"[{CAPTIONS[kind]}]({rel})", "", f"![{CAPTIONS[kind]}]({rel})"]
@@ -257,4 +363,11 @@ def write_leaderboard(suite: Suite, noise_seed: int) -> dict[str, Any]:
     return {"rows": all_rows, "means": means, "plots": made, "leaderboard": md}
 
 
-__all__ = ["markdown", "mean_rows", "training_time", "write_leaderboard"]
+__all__ = [
+    "markdown",
+    "mean_anchor",
+    "mean_rows",
+    "seed_anchor",
+    "training_time",
+    "write_leaderboard",
+]
