@@ -115,7 +115,8 @@ def test_graphs_on_the_cpu_are_refused_with_a_message():
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         policy.predict_action(_obs(1))
     # trajectories are always eager, and switching off restores eager sampling
-    assert len(policy.predict_action(_obs(1), return_trajectory=True)["trajectory"]) == 11
+    k = policy.cfg.num_inference_steps  # the noise, then one chunk per step
+    assert len(policy.predict_action(_obs(1), return_trajectory=True)["trajectory"]) == k + 1
     policy.use_cuda_graphs(False).predict_action(_obs(1))
     # the MSE baseline's one call is a sampler like the others: graphed too
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
