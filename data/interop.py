@@ -20,14 +20,14 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from dplite.data.replay_buffer import LOWDIM_CHUNK_ROWS, ReplayBuffer, chunk_rows
+from dplite.data.replay_buffer import LOWDIM_CHUNK_ROWS, ReplayBuffer, create_step_array
 
 logger = logging.getLogger(__name__)
 
@@ -151,15 +151,7 @@ class EpisodeWriter:
         for k, v in episode.items():
             self._spec[k] = (tuple(v.shape[1:]), v.dtype)
             self._buffer[k] = []
-            rows = chunk_rows(v.dtype, v.shape[1:])
-            data.create_array(
-                k,
-                shape=(0, *v.shape[1:]),
-                chunks=(rows, *v.shape[1:]),
-                dtype=v.dtype,
-                fill_value=0,
-                compressors=self._compressors,
-            )
+            create_step_array(data, k, v.shape[1:], v.dtype, self._compressors)
         self._meta = {k: [] for k in meta}
 
     def _flush(self) -> None:
@@ -196,4 +188,36 @@ class EpisodeWriter:
         return ReplayBuffer.open(self.path)
 
 
-__all__ = ["EpisodeCallback", "EpisodeWriter", "InteropError", "staged_output"]
+def write_dataset(
+    out: str | os.PathLike[str],
+    attrs: Mapping[str, Any],
+    episodes: Iterable[tuple[Mapping[str, np.ndarray], Mapping[str, int | float]]],
+    overwrite: bool = False,
+    on_episode: EpisodeCallback | None = None,
+) -> dict[str, Any]:
+    """Write (episode, per-episode meta) pairs as the zarr dataset ``out`` with root ``attrs``,
+    staged under a temporary name and renamed when complete (staged_output). on_episode(i,
+    frames) is called after each episode. Returns a summary (out, episodes, frames, keys)."""
+    with staged_output(out, overwrite) as tmp:
+        writer = EpisodeWriter(tmp, attrs)
+        for i, (episode, meta) in enumerate(episodes):
+            writer.add(episode, meta)
+            if on_episode is not None:
+                on_episode(i, len(next(iter(episode.values()))))
+        rb = writer.close()
+        summary = {
+            "out": str(out),
+            "episodes": rb.n_episodes,
+            "frames": rb.n_steps,
+            "keys": rb.keys,
+        }
+    return summary
+
+
+__all__ = [
+    "EpisodeCallback",
+    "EpisodeWriter",
+    "InteropError",
+    "staged_output",
+    "write_dataset",
+]

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from dplite.data.interop import EpisodeCallback, EpisodeWriter, InteropError, staged_output
+from dplite.data.interop import EpisodeCallback, InteropError, staged_output, write_dataset
 from dplite.data.replay_buffer import ReplayBuffer
 
 logger = logging.getLogger(__name__)
@@ -596,22 +596,18 @@ def import_lerobot(
     meta: episode_index (the source's) and task_index (the episode's first task, -1 if none)."""
     src = LeRobotSource(root, features, rename, tolerance_s)
     task_index = {t: i for i, t in enumerate(src.tasks)}
-    with staged_output(out, overwrite) as tmp:
-        writer = EpisodeWriter(tmp, {"lerobot": src.metadata(), **(attrs or {})})
-        for i, (ref, episode) in enumerate(src.episodes()):
-            task = task_index.get(ref.tasks[0], -1) if ref.tasks else -1
-            writer.add(episode, {"episode_index": ref.index, "task_index": task})
-            if on_episode is not None:
-                on_episode(i, ref.length)
-        rb = writer.close()
-        summary = {
-            "out": str(out),
-            "episodes": rb.n_episodes,
-            "frames": rb.n_steps,
-            "keys": rb.keys,
-            "fps": src.fps,
-        }
-    return summary
+    episodes = (
+        (
+            episode,
+            {
+                "episode_index": ref.index,
+                "task_index": task_index.get(ref.tasks[0], -1) if ref.tasks else -1,
+            },
+        )
+        for ref, episode in src.episodes()
+    )
+    attrs = {"lerobot": src.metadata(), **(attrs or {})}
+    return {**write_dataset(out, attrs, episodes, overwrite, on_episode), "fps": src.fps}
 
 
 # ---------------------------------------------------------------------------------- writing

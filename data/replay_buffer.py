@@ -73,6 +73,26 @@ def chunk_rows(dtype: np.dtype, feature_shape: tuple[int, ...]) -> int:
     return int(max(1, min(LOWDIM_CHUNK_ROWS, LOWDIM_CHUNK_BYTES // row)))
 
 
+def create_step_array(
+    group: zarr.Group,
+    name: str,
+    feature_shape: tuple[int, ...],
+    dtype: np.dtype,
+    compressors: Any,
+) -> zarr.Array:
+    """An empty per-step data array (0, *feature_shape), chunked along time by chunk_rows:
+    the layout of every dataset, whoever writes it."""
+    rows = chunk_rows(dtype, feature_shape)
+    return group.create_array(
+        name,
+        shape=(0, *feature_shape),
+        chunks=(rows, *feature_shape),
+        dtype=dtype,
+        fill_value=0,
+        compressors=compressors,
+    )
+
+
 def _is_numeric(dtype: np.dtype) -> bool:
     return np.dtype(dtype).kind in "biuf"
 
@@ -514,15 +534,7 @@ class ReplayBuffer:
                 del meta_group[name]
         compressors = self._compressors(self.zarr_format)
         for k, v in episode.items():
-            rows = chunk_rows(v.dtype, v.shape[1:])
-            data.create_array(
-                k,
-                shape=(0, *v.shape[1:]),
-                chunks=(rows, *v.shape[1:]),
-                dtype=v.dtype,
-                fill_value=0,
-                compressors=compressors,
-            )
+            create_step_array(data, k, v.shape[1:], v.dtype, compressors)
         for k, v in meta.items():
             dtype = np.float64 if isinstance(v, float | np.floating) else np.int64
             meta_group.create_array(

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dplite.data.interop import EpisodeCallback, EpisodeWriter, InteropError, staged_output
+from dplite.data.interop import EpisodeCallback, InteropError, write_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -312,25 +312,14 @@ def import_robomimic(
     on_episode(i, frames) is called after each episode. Returns a summary (out, episodes,
     frames, keys, env_args).
     """
-    with (
-        RobomimicFile(path, filter_key, action_key, obs_keys) as src,
-        staged_output(out, overwrite) as tmp,
-    ):
-        writer = EpisodeWriter(tmp, {"robomimic": src.metadata(), **(attrs or {})})
-        for i, (name, episode) in enumerate(src.episodes()):
-            demo_index = int(_DEMO.fullmatch(name).group(1))
-            writer.add(episode, {"demo_index": demo_index})
-            if on_episode is not None:
-                on_episode(i, len(episode["action"]))
-        rb = writer.close()
-        summary = {
-            "out": str(out),
-            "episodes": rb.n_episodes,
-            "frames": rb.n_steps,
-            "keys": rb.keys,
-            "env_args": src.env_args,
-        }
-    return summary
+    with RobomimicFile(path, filter_key, action_key, obs_keys) as src:
+        episodes = (
+            (episode, {"demo_index": int(_DEMO.fullmatch(name).group(1))})
+            for name, episode in src.episodes()
+        )
+        attrs = {"robomimic": src.metadata(), **(attrs or {})}
+        summary = write_dataset(out, attrs, episodes, overwrite, on_episode)
+        return {**summary, "env_args": src.env_args}
 
 
 __all__ = ["ENV_TYPES", "RobomimicFile", "import_robomimic"]

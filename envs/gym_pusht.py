@@ -43,12 +43,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from dplite.envs.pusht import observation_space
+
 ENV_ID = "GymPushT-v0"
 EXTRA_HINT = 'pip install -e ".[gym-pusht]"  (or: pip install "gym-pusht>=0.1.8,<0.2")'
 MAX_EPISODE_STEPS = 300
-# Generous but finite bounds, as envs/pusht.py: positions near the walls, angles that wind.
-_POS_LOW, _POS_HIGH = -256.0, 768.0
-_ANGLE_BOUND = 1000.0
 
 
 class MissingExtraError(ImportError, ValueError):
@@ -109,19 +108,7 @@ class GymPushTEnv(gym.Env):
         self.success_threshold = float(self._env.success_threshold)
 
         self.action_space = spaces.Box(0.0, 512.0, shape=(2,), dtype=np.float32)
-        obs_spaces: dict[str, spaces.Space] = {
-            "agent_pos": spaces.Box(_POS_LOW, _POS_HIGH, shape=(2,), dtype=np.float32),
-            "state": spaces.Box(
-                low=np.array([_POS_LOW] * 4 + [-_ANGLE_BOUND], dtype=np.float32),
-                high=np.array([_POS_HIGH] * 4 + [_ANGLE_BOUND], dtype=np.float32),
-                dtype=np.float32,
-            ),
-        }
-        if obs_mode in ("keypoint", "image"):
-            obs_spaces["keypoint"] = spaces.Box(_POS_LOW, _POS_HIGH, (9, 2), np.float32)
-        if obs_mode == "image":
-            obs_spaces["img"] = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        self.observation_space = spaces.Dict(obs_spaces)
+        self.observation_space = observation_space(obs_mode, image_size)
         self._max_coverage = 0.0
 
     # ----------------------------------------------------------------------------- state

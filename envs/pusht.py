@@ -63,6 +63,24 @@ _MAX_START_COVERAGE = 0.9
 _MIN_START_CLEARANCE = 5.0  # px between the pusher's rim and the block at reset
 
 
+def observation_space(obs_mode: str, image_size: int) -> spaces.Dict:
+    """The PushT observation dict (also gym-pusht's, envs/gym_pusht.py): ``agent_pos`` and
+    ``state`` always, ``keypoint`` (9, 2) in keypoint and image mode, ``img`` in image mode."""
+    obs_spaces: dict[str, spaces.Space] = {
+        "agent_pos": spaces.Box(_POS_LOW, _POS_HIGH, shape=(2,), dtype=np.float32),
+        "state": spaces.Box(
+            low=np.array([_POS_LOW] * 4 + [-_ANGLE_BOUND], dtype=np.float32),
+            high=np.array([_POS_HIGH] * 4 + [_ANGLE_BOUND], dtype=np.float32),
+            dtype=np.float32,
+        ),
+    }
+    if obs_mode in ("keypoint", "image"):
+        obs_spaces["keypoint"] = spaces.Box(_POS_LOW, _POS_HIGH, (9, 2), np.float32)
+    if obs_mode == "image":
+        obs_spaces["img"] = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+    return spaces.Dict(obs_spaces)
+
+
 class PushTEnv(gym.Env):
     """PushT on MuJoCo, in the reference's pixel frame (see the module docstring)."""
 
@@ -108,19 +126,7 @@ class PushTEnv(gym.Env):
         self._scene_option = mujoco.MjvOption()
 
         self.action_space = spaces.Box(0.0, WORKSPACE, shape=(2,), dtype=np.float32)
-        obs_spaces: dict[str, spaces.Space] = {
-            "agent_pos": spaces.Box(_POS_LOW, _POS_HIGH, shape=(2,), dtype=np.float32),
-            "state": spaces.Box(
-                low=np.array([_POS_LOW] * 4 + [-_ANGLE_BOUND], dtype=np.float32),
-                high=np.array([_POS_HIGH] * 4 + [_ANGLE_BOUND], dtype=np.float32),
-                dtype=np.float32,
-            ),
-        }
-        if obs_mode in ("keypoint", "image"):
-            obs_spaces["keypoint"] = spaces.Box(_POS_LOW, _POS_HIGH, (9, 2), np.float32)
-        if obs_mode == "image":
-            obs_spaces["img"] = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        self.observation_space = spaces.Dict(obs_spaces)
+        self.observation_space = observation_space(obs_mode, image_size)
 
         self._steps = 0
         self._max_coverage = 0.0

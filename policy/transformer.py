@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dplite.policy.fast_layers import FastLinear, refresh_fast_paths
-from dplite.policy.unet1d import SinusoidalPosEmb
+from dplite.policy.unet1d import SinusoidalPosEmb, batch_timesteps
 
 logger = logging.getLogger(__name__)
 
@@ -274,16 +274,7 @@ class TransformerForDiffusion(nn.Module):
                 f"{name}: global_cond has shape {got}, expected ({B}, {self.global_cond_dim}) "
                 f"(n_obs_steps={self.n_obs_steps} x cond_dim={self.cond_dim})"
             )
-        if not torch.is_tensor(timestep):
-            return torch.full((B,), timestep, dtype=torch.long, device=sample.device)  # (B,)
-        if timestep.dim() == 0 or timestep.shape == (1,):
-            return timestep.reshape(1).to(sample.device).expand(B)  # (B,)
-        if timestep.shape != (B,):
-            raise ValueError(
-                f"{name}: timestep has shape {tuple(timestep.shape)}, "
-                f"expected a python int, a 0-d tensor, (1,) or ({B},)"
-            )
-        return timestep.to(sample.device)  # (B,)
+        return batch_timesteps(timestep, B, sample.device, name)
 
     def forward(
         self,

@@ -44,6 +44,23 @@ from dplite.policy.fast_layers import (
 logger = logging.getLogger(__name__)
 
 
+def batch_timesteps(
+    timestep: int | torch.Tensor, B: int, device: torch.device, name: str
+) -> torch.Tensor:
+    """A denoiser's timestep argument as (B,): a python int, a 0-d or (1,) tensor (one t for
+    the batch) or a (B,) tensor; anything else is refused, naming the network `name`."""
+    if not torch.is_tensor(timestep):
+        return torch.full((B,), timestep, dtype=torch.long, device=device)  # (B,)
+    if timestep.dim() == 0 or timestep.shape == (1,):
+        return timestep.reshape(1).to(device).expand(B)  # (B,)
+    if timestep.shape != (B,):
+        raise ValueError(
+            f"{name}: timestep has shape {tuple(timestep.shape)}, "
+            f"expected a python int, a 0-d tensor, (1,) or ({B},)"
+        )
+    return timestep.to(device)  # (B,)
+
+
 class SinusoidalPosEmb(nn.Module):
     """Transformer sinusoidal embedding of the diffusion step (Vaswani et al. 2017, sec. 3.5)."""
 
@@ -238,16 +255,7 @@ class ConditionalUnet1D(nn.Module):
                 f"ConditionalUnet1D: global_cond of shape {tuple(global_cond.shape)} given "
                 f"but the network was built with global_cond_dim=0"
             )
-        if not torch.is_tensor(timestep):
-            return torch.full((B,), timestep, dtype=torch.long, device=sample.device)  # (B,)
-        if timestep.dim() == 0 or timestep.shape == (1,):
-            return timestep.reshape(1).to(sample.device).expand(B)  # (B,)
-        if timestep.shape != (B,):
-            raise ValueError(
-                f"ConditionalUnet1D: timestep has shape {tuple(timestep.shape)}, "
-                f"expected a python int, a 0-d tensor or ({B},)"
-            )
-        return timestep.to(sample.device)  # (B,)
+        return batch_timesteps(timestep, B, sample.device, "ConditionalUnet1D")
 
     def forward(
         self,
