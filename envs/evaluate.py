@@ -11,6 +11,7 @@ rollout checks, the eval command, distillation and the suite.
 The record (a JSON-ready dict): success_rate, success_ci95, mean_max_reward, episodes, seeds,
 successes, mean_steps, errors (episodes cut short by their env, counted as failures),
 boundary_jerk and within_jerk (mean |delta action| across chunk boundaries / within chunks),
+outcomes and success_by_outcome for tasks with an outcome_key (e.g. Panda stack's order),
 plus the actor's info, n_action_steps, the chunk execution (execution, latency_steps,
 blend_steps, ensemble_decay: envs/rollout.py), wall_time_s, task and env_id. No torch here.
 """
@@ -84,6 +85,7 @@ def evaluate_policy(
                 progress=bar.update,
                 success_key=spec.success_key,
                 execution=execution,
+                outcome_key=spec.outcome_key,
             )
     finally:
         actor.close()

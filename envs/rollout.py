@@ -54,7 +54,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -138,6 +138,9 @@ class EpisodeResult:
     leads: list[int] = field(default_factory=list, repr=False)
     """For each executed action, the step its leading chunk was planned at (a change between
     two steps is a chunk boundary)."""
+    outcome: str | None = None
+    """``info[outcome_key]`` at the first successful step (at the last step if none was), for
+    tasks solvable more than one way; None when the rollout was given no outcome_key."""
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -171,7 +174,9 @@ def action_jerk(actions: np.ndarray, leads: Sequence[int]) -> tuple[float, int, 
 def summarize(results: Sequence[EpisodeResult]) -> dict:
     """Success rate with its 95 % CI, the mean of per-episode maximum reward (over episodes
     that took a step; None if none did), env errors, and the mean |delta action| across chunk
-    boundaries and within chunks over all episodes (None where there was no such pair)."""
+    boundaries and within chunks over all episodes (None where there was no such pair). Where
+    episodes recorded an outcome: each episode's (``outcomes``) and the successes per outcome
+    (``success_by_outcome``, sorted by outcome)."""
     n, wins = len(results), sum(r.success for r in results)
     lo, hi = wilson_interval(wins, n)
     stepped = [r.max_reward for r in results if r.steps > 0]  # an env error at reset has none
@@ -180,7 +185,7 @@ def summarize(results: Sequence[EpisodeResult]) -> dict:
         if r.actions:
             bs, bn, ws, wn = action_jerk(np.stack(r.actions), r.leads)
             b_sum, b_n, w_sum, w_n = b_sum + bs, b_n + bn, w_sum + ws, w_n + wn
-    return {
+    record = {
         "success_rate": wins / n if n else 0.0,
         "success_ci95": [lo, hi],
         "mean_max_reward": float(np.mean(stepped)) if stepped else None,
@@ -192,6 +197,11 @@ def summarize(results: Sequence[EpisodeResult]) -> dict:
         "boundary_jerk": b_sum / b_n if b_n else None,
         "within_jerk": w_sum / w_n if w_n else None,
     }
+    if any(r.outcome is not None for r in results):
+        record["outcomes"] = [r.outcome for r in results]
+        won = Counter(r.outcome for r in results if r.success)
+        record["success_by_outcome"] = {k: won[k] for k in sorted(won)}
+    return record
 
 
 def ensemble_weights(n: int, decay: float = ACT_DECAY) -> np.ndarray:
@@ -259,6 +269,7 @@ def rollout(
     progress: Callable[[int], None] | None = None,
     success_key: str = DEFAULT_SUCCESS_KEY,
     execution: ChunkExecution | None = None,
+    outcome_key: str | None = None,
 ) -> list[EpisodeResult]:
     """Run one episode per seed, all batched together; return per-episode results in seed order.
 
@@ -268,7 +279,8 @@ def rollout(
     (``info["success"]`` when the default key is absent). progress(n) is called with the
     number of env steps taken. ``execution`` (default: sync, no delay) sets the inference delay
     and how chunks follow each other; a delay longer than Ta is refused (a chunk would be
-    asked for before the previous one arrived).
+    asked for before the previous one arrived). ``outcome_key``: an info key recorded per
+    episode as EpisodeResult.outcome (how it was solved, for tasks with several ways).
     """
     execution = execution or ChunkExecution()
     if n_obs_steps < 1 or n_action_steps < 1:
@@ -364,6 +376,8 @@ def rollout(
                 steps_taken += 1
                 res.max_reward = max(res.max_reward, float(reward))
                 res.final_reward = float(reward)
+                if outcome_key is not None and not res.success:
+                    res.outcome = str(info.get(outcome_key))
                 res.success = res.success or is_success(info, success_key)
                 if i < n_videos:
                     res.frames.append(env.render())

@@ -76,6 +76,10 @@ class TaskSpec:
     success_key: str = DEFAULT_SUCCESS_KEY
     """``info`` key that is true once the task is solved (``success`` is tried when the default
     ``is_success`` is absent)."""
+    outcome_key: str | None = None
+    """``info`` key naming how an episode was solved when a task can be solved more than one way
+    (e.g. Panda stack's ``stack_order``); evaluations record it per episode and count successes
+    by it (envs/rollout.py, ``success_by_outcome``)."""
     expert: str | None = None
     """``module:callable`` building the scripted expert from the env (see scripts.collect)."""
     action_anchor: str | None = None
@@ -452,6 +456,7 @@ register_task(
             "cube_a_to_cube_b",
         ),
         expert="dplite.envs.panda.experts:make_stack_expert",
+        outcome_key="stack_order",
         **_PANDA,
     )
 )

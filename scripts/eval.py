@@ -16,7 +16,8 @@ N sampler-noise seeds and pools them, for rates finer than one 50-episode run re
 delay: the chunk planned from the observation at step t acts from t + d, the previous chunk
 running meanwhile (envs/rollout.py; docs/latency.md). The JSON records the settings and the
 smoothness: boundary_jerk and within_jerk, the mean |delta action| across chunk boundaries and
-within chunks.
+within chunks. On a task solvable more than one way (Panda stack's two orders) the JSON also
+holds each episode's outcome and the successes per outcome (success_by_outcome).
 """
 
 from __future__ import annotations
@@ -190,6 +191,9 @@ def main(cfg: Config) -> dict:
         f"action jerk    boundary {_fmt(summary['boundary_jerk'])}  "
         f"within {_fmt(summary['within_jerk'])}"
     )
+    if "success_by_outcome" in summary:
+        counts = ", ".join(f"{k} {v}" for k, v in summary["success_by_outcome"].items())
+        print(f"successes by   {spec.outcome_key}: {counts or 'none'}")
     print(f"wall time      {summary['wall_time_s']:.1f} s")
     for err in summary["errors"]:
         print(f"env error      seed {err['seed']}: {err['error']}")

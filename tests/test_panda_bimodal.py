@@ -6,7 +6,9 @@ import math
 import mujoco
 import numpy as np
 
+from dplite.envs.baselines import ExpertPolicy
 from dplite.envs.collect import ExpertEpisodes
+from dplite.envs.evaluate import evaluate_policy
 from dplite.envs.panda.env import PandaStackEnv
 from dplite.envs.panda.experts import PandaStackBimodalExpert
 from dplite.envs.panda.scene import CUBE_HALF
@@ -82,3 +84,7 @@ def test_expert_demonstrates_both_orders_and_info_names_each():
                 break
         assert info["is_success"] and info["stack_order"] == order
         assert np.isfinite(obs["eef_pos"]).all()
+    # an evaluation records each episode's order and counts the successes by order
+    record, _ = evaluate_policy(ExpertPolicy.for_task(spec), spec, list(seen.values()))
+    assert record["outcomes"] == list(seen)
+    assert record["success_by_outcome"] == {"a_on_b": 1, "b_on_a": 1}

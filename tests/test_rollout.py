@@ -168,3 +168,34 @@ def test_a_policy_hears_of_each_episode_start_with_its_own_env():
 
     rollout(Policy(), make, [4, 9], 1, 1)
     assert started == [(4, made[0], 0), (9, made[1], 0)]
+
+
+class WayEnv(CountEnv):
+    """CountEnv solved by reaching |position| >= goal either way; info["way"] is the side the
+    position is on now, and the episode runs on after success (to its time limit)."""
+
+    def step(self, action):
+        obs, reward, success, truncated, info = super().step(action)
+        info["is_success"] = abs(self.pos) >= self.goal
+        info["way"] = "up" if self.pos > 0 else "down" if self.pos < 0 else "none"
+        return obs, reward, False, truncated, info
+
+
+def test_outcome_is_the_way_of_the_first_success_and_successes_are_counted_by_it():
+    def policy(obs, seeds):
+        t = obs["x"][:, -1, 1]  # each row's current time
+        # seed 0 (goal 3): +2, +2 (solved "up" at t=2), then -3 per step to the "down" side;
+        # seed 2 (goal 5): -3 per step (solved "down" at t=2); seed 3 (goal 6): +0.1, never
+        step = np.where(seeds == 0, np.where(t < 2, 2.0, -3.0), np.where(seeds == 2, -3.0, 0.1))
+        return np.repeat(step[:, None, None], 2, axis=1)  # (B, 2, 1)
+
+    results = rollout(policy, lambda r: WayEnv(horizon=6), [0, 2, 3], 1, 1, outcome_key="way")
+    assert [r.success for r in results] == [True, True, False]
+    # seed 0 ends on the "down" side but was solved "up"; an unsolved episode keeps its last way
+    assert [r.outcome for r in results] == ["up", "down", "up"]
+    record = summarize(results)
+    assert record["outcomes"] == ["up", "down", "up"]
+    assert record["success_by_outcome"] == {"down": 1, "up": 1}
+    # no outcome key: no outcome fields at all
+    plain = rollout(policy, lambda r: WayEnv(horizon=6), [0], 1, 1)
+    assert plain[0].outcome is None and "outcomes" not in summarize(plain)

@@ -300,3 +300,32 @@ def test_mean_anchor_is_the_papers_max_and_last_k_mean_over_seeds():
     assert out["success_rate"]["last_k_mean"] == pytest.approx(0.7)
     assert out["mean_max_reward"] is None  # a checkpoint without the score: none
     assert report.mean_anchor([{"train_seed": 0}, row(1, [0.9, 0.5], None)]) is None
+
+
+def test_successes_by_outcome_are_tabled_per_seed_and_pooled_over_seeds(tmp_path):
+    """Hand-made rows of a two-way task: the mean row adds the seeds' counts, the table shows
+    them in their own column, and a task without outcomes gets no such column."""
+
+    def row(task, seed, wins, outcomes=None):
+        r = {"task": task, "method": "diffusion", "train_seed": seed, "episodes": 4,
+             "successes": [True] * wins + [False] * (4 - wins), "success_rate": wins / 4,
+             "success_ci95": [0.0, 1.0], "mean_max_reward": 0.5}  # fmt: skip
+        return r if outcomes is None else {**r, "success_by_outcome": outcomes}
+
+    rows = [
+        row("stack", 0, 3, {"a_on_b": 2, "b_on_a": 1}),
+        row("stack", 1, 2, {"a_on_b": 2}),
+        row("lift", 0, 4),
+        row("lift", 1, 4),
+    ]
+    means = {m["task"]: m for m in report.mean_rows(rows)}
+    assert means["stack"]["success_by_outcome"] == {"a_on_b": 4, "b_on_a": 1}
+    assert "success_by_outcome" not in means["lift"]
+    head = {"quick": False, "episodes": 4, "eval_seeds": [0, 3], "demo_episodes": 10,
+            "train_seeds": [0, 1], "samplers": {"diffusion": "DDIM"}, "machine": "m",
+            "device": "cpu", "torch": "t", "date": "d", "latency_calls": 1}  # fmt: skip
+    md = report.markdown(head, rows, list(means.values()), {}, tmp_path)
+    stack, lift = md.split("## lift")
+    assert "successes by outcome" in stack and "successes by outcome" not in lift
+    assert "| a_on_b 2, b_on_a 1 |" in stack and "| a_on_b 2 |" in stack
+    assert "| a_on_b 4, b_on_a 1 |" in stack  # the mean row: pooled

@@ -5,7 +5,8 @@ With --anchor-last-k K every learned row carries ``anchor``: the scores (success
 reward) of the run's last K checkpoints in training order, and their max and mean
 (envs.metrics.anchor_metric of that one seed); a mean row carries anchor_metric over its seeds,
 the Diffusion Policy paper's "max / avg of last K". The table shows them as "max / mean".
-Action jerk columns (boundary, within) appear for a task when any of its rows has them.
+Action jerk columns (boundary, within) appear for a task when any of its rows has them, and a
+"successes by outcome" column (e.g. Panda stack's order) when any has success_by_outcome.
 
 Training time is read from the run's metrics.jsonl: the sum over log intervals of
 steps / it_s, i.e. optimizer steps, validation loss and checkpoint writes, without the rollout
@@ -238,6 +239,12 @@ def mean_rows(rows: list[dict]) -> list[dict]:
                 **{key: mean(key) for key in JERKS},
             }
         )
+        if any("success_by_outcome" in r for r in group):  # pooled counts, like the CI
+            pooled: dict[str, int] = {}
+            for r in group:
+                for outcome, count in r.get("success_by_outcome", {}).items():
+                    pooled[outcome] = pooled.get(outcome, 0) + count
+            means[-1]["success_by_outcome"] = dict(sorted(pooled.items()))
         anchor = mean_anchor(group)
         if anchor is not None:
             means[-1]["anchor"] = anchor
@@ -266,7 +273,11 @@ def _jerk(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-def _table_row(method: str, r: dict, anchor: bool, jerk: bool) -> str:
+def _outcomes(counts: dict[str, int] | None) -> str:
+    return "-" if counts is None else ", ".join(f"{k} {v}" for k, v in counts.items()) or "0"
+
+
+def _table_row(method: str, r: dict, anchor: bool, jerk: bool, outcome: bool) -> str:
     lo, hi = r["success_ci95"]
     seed = "-" if r["train_seed"] is None else r["train_seed"]
     success = f"{r['success_rate']:.2f} ({lo:.2f}-{hi:.2f})"
@@ -280,12 +291,14 @@ def _table_row(method: str, r: dict, anchor: bool, jerk: bool) -> str:
         cells.append(_max_mean(r.get("anchor"), "mean_max_reward", 3))
     if jerk:
         cells += [_jerk(r.get(key)) for key in JERKS]
+    if outcome:
+        cells.append(_outcomes(r.get("success_by_outcome")))
     latency = "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.2f} ms"
     cells += [_seconds(r.get("train_time_s")), _seconds(r.get("eval_time_s")), latency]
     return "| " + " | ".join(map(str, cells)) + " |"
 
 
-def _table_head(k: int | None, jerk: bool) -> list[str]:
+def _table_head(k: int | None, jerk: bool, outcome: bool) -> list[str]:
     names = ["method", "training seed", "success (95 % CI)"]
     if k:
         names.append(f"success, max / mean of last {k} ckpts")
@@ -294,6 +307,8 @@ def _table_head(k: int | None, jerk: bool) -> list[str]:
         names.append(f"mean max reward, max / mean of last {k}")
     if jerk:
         names += ["boundary jerk", "within jerk"]
+    if outcome:
+        names.append("successes by outcome")
     names += ["training time", "eval time", "latency"]
     return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
 
@@ -331,13 +346,14 @@ def markdown(header: dict, rows: list[dict], means: list[dict], plots: dict, roo
         )
     for task in dict.fromkeys(r["task"] for r in rows):
         jerk = any(r.get(key) is not None for r in rows if r["task"] == task for key in JERKS)
-        lines += ["", f"## {task}", "", *_table_head(k, jerk)]
+        outcome = any("success_by_outcome" in r for r in rows if r["task"] == task)
+        lines += ["", f"## {task}", "", *_table_head(k, jerk, outcome)]
         task_means = {m["method"]: m for m in means if m["task"] == task}
         for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
             group = [r for r in rows if r["task"] == task and r["method"] == method]
             if method in task_means:
                 group = [*group, task_means[method]]
-            lines += [_table_row(method, r, bool(k), jerk) for r in group]
+            lines += [_table_row(method, r, bool(k), jerk, outcome) for r in group]
         for kind, png in plots.get(task, {}).items():
             rel = png.relative_to(root).as_posix()
             lines += ["", f"[{CAPTIONS[kind]}]({rel})", "", f"![{CAPTIONS[kind]}]({rel})"]
