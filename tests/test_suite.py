@@ -167,6 +167,9 @@ def test_training_time_adds_up_log_intervals_across_a_resume(tmp_path):
         (dict(episodes=0), "--episodes must be >= 1"),
         (dict(methods=("mse",), train_seeds=()), "no --train-seeds"),
         (dict(latency_steps=-1), "--execution / --latency-steps: latency_steps must be >= 0"),
+        (dict(latency_steps=3), "--latency-steps 3 > Ta = 2"),
+        (dict(latency_steps=5, n_action_steps=4), "--latency-steps 5 > Ta = 4"),
+        (dict(n_action_steps=0), "--n-action-steps must be >= 1"),
         (dict(anchor_last_k=-1), "--anchor-last-k must be >= 0"),
         (dict(anchor_last_k=3), "--anchor-last-k 3 needs --train-steps"),
         (dict(anchor_last_k=3, train_steps=1000), "--train-steps 1000 is not a multiple"),
@@ -329,3 +332,19 @@ def test_successes_by_outcome_are_tabled_per_seed_and_pooled_over_seeds(tmp_path
     assert "successes by outcome" in stack and "successes by outcome" not in lift
     assert "| a_on_b 2, b_on_a 1 |" in stack and "| a_on_b 2 |" in stack
     assert "| a_on_b 4, b_on_a 1 |" in stack  # the mean row: pooled
+
+
+def test_n_action_steps_reaches_training_only_when_set():
+    """--n-action-steps becomes dp-train's flag of that name for every learned method; unset,
+    no flag (dp-train's default Ta, which the suite's delay check assumes) and so the train
+    settings of suites from before the option are unchanged."""
+    from dplite.scripts.train import Config as TrainConfig
+
+    assert pipeline.TRAIN_ACTION_STEPS == TrainConfig.n_action_steps
+    register_task(TOY, overwrite=True)
+    cfg = suite.Config(tasks=("toy_reach",), methods=("diffusion", "mse"), n_action_steps=4,
+                       execution="async", latency_steps=4)  # fmt: skip
+    for method in ("diffusion", "mse"):
+        assert pipeline.Suite(cfg).train_flags(method, 0)["n-action-steps"] == 4
+    plain = pipeline.Suite(suite.Config(tasks=("toy_reach",))).train_flags("diffusion", 0)
+    assert "n-action-steps" not in plain

@@ -32,7 +32,8 @@ transformer``), ``mse`` (the same UNet, data and conditioning regressing the chu
 --execution and --latency-steps evaluate the diffusion methods' rows (leaderboard, sweep,
 anchor) under an inference delay (envs/rollout.py ChunkExecution, as dp-eval's options of the
 same names); mse and the baselines always run without one. The delay d may not exceed the
-policy's Ta (dp-train's --n-action-steps).
+policy's Ta: --n-action-steps sets Ta for every learned method (dp-train's flag of that name;
+its default 2 otherwise), so that delays beyond 2 steps can be measured.
 
 Re-running the command resumes: every stage skips what it finds complete (result files are
 written atomically: one that exists is complete). Each stage records the settings it ran with
@@ -73,6 +74,7 @@ from dplite.scripts.suite.pipeline import (
     LEARNED,
     NOISE_SEED,
     QUICK_TRAIN,
+    TRAIN_ACTION_STEPS,
     Suite,
     parse_setting,
 )
@@ -120,6 +122,9 @@ class Config:
     latency_steps: int = 0
     """Inference delay d in control steps of the diffusion methods' evaluations (dp-eval's
     --latency-steps); at most the policy's Ta."""
+    n_action_steps: int | None = None
+    """Ta of the learned methods (dp-train's --n-action-steps; None: its default,
+    pipeline.TRAIN_ACTION_STEPS); must be >= --latency-steps."""
     anchor_last_k: int = 0
     """K > 0: also evaluate the last K step checkpoints of every learned run (training keeps
     K, saved every --train-steps / K) and report the Diffusion Policy paper's max / mean of the
@@ -159,6 +164,15 @@ class Config:
             ChunkExecution(self.execution, self.latency_steps)
         except ValueError as e:
             raise ValueError(f"--execution / --latency-steps: {e}") from None
+        ta = self.n_action_steps or TRAIN_ACTION_STEPS
+        if self.n_action_steps is not None and self.n_action_steps < 1:
+            raise ValueError(f"--n-action-steps must be >= 1, got {self.n_action_steps}")
+        if self.latency_steps > ta:
+            raise ValueError(
+                f"--latency-steps {self.latency_steps} > Ta = {ta}: each chunk would be asked "
+                f"for before the previous one arrived; train with --n-action-steps >= "
+                f"{self.latency_steps}"
+            )
         self._check_anchor()
 
     def _check_anchor(self) -> None:

@@ -65,6 +65,7 @@ METHOD_FLAGS: dict[str, dict[str, Any]] = {
     "diffusion_transformer": {"objective": "diffusion", "backbone": "transformer"},
     "mse": {"objective": "mse"},
 }
+TRAIN_ACTION_STEPS = 2  # dp-train's default --n-action-steps (a test holds them equal)
 DEFAULT_ACTION_NOISE = {"PushT-v0": 3.0, "GymPushT-v0": 3.0}  # px, as the quickstart; else 0
 NOISE_SEED = 0  # the sampler noise of every evaluation (scripts.eval --seed)
 TRAIN_MODULE = "dplite.scripts.train"
@@ -319,6 +320,8 @@ class Suite:
                 flags.update(QUICK_TRANSFORMER)
         if self.cfg.train_steps is not None:
             flags["steps"] = self.cfg.train_steps
+        if self.cfg.n_action_steps is not None:  # only when set: older suites' records match
+            flags["n-action-steps"] = self.cfg.n_action_steps
         flags.update(self.anchor_flags())
         if self.cfg.env_import:
             flags["env-import"] = list(self.cfg.env_import)
