@@ -340,7 +340,7 @@ def test_n_action_steps_reaches_training_only_when_set():
     settings of suites from before the option are unchanged."""
     from dplite.scripts.train import Config as TrainConfig
 
-    assert pipeline.TRAIN_ACTION_STEPS == TrainConfig.n_action_steps
+    assert TrainConfig.n_action_steps == pipeline.TRAIN_ACTION_STEPS
     register_task(TOY, overwrite=True)
     cfg = suite.Config(tasks=("toy_reach",), methods=("diffusion", "mse"), n_action_steps=4,
                        execution="async", latency_steps=4)  # fmt: skip
