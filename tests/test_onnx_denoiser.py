@@ -11,11 +11,16 @@ t = 99 of the cosine schedule), which magnifies the first step's rounding ~150x.
 
 import copy
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import tyro
 
+from dplite.policy.actor import PolicyActor
 from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.scripts import eval as eval_script
 
 EVAL_TOL = dict(atol=1e-5, rtol=1e-4)
 CHUNK_TOL = dict(atol=1e-3, rtol=0)
@@ -198,3 +203,25 @@ def test_onnx_off_the_cpu_is_refused(ort):
     x, cond = torch.zeros(1, 16, 2, device="meta"), torch.zeros(1, 40, device="meta")
     with torch.inference_mode(), pytest.raises(ValueError, match="runs on the CPU"):
         policy.denoise(x, 5, cond)
+
+
+# ------------------------------------------------------------------ dp-eval
+LEGACY_POLICY = Path(__file__).parent / "fixtures" / "legacy_79d1b22" / "policy"
+
+
+def test_dp_eval_runs_the_onnx_backend(ort, tmp_path):
+    """dp-eval --backend onnx: the actor's chunks are the eager ones to float rounding, and the
+    results record the backend."""
+    policy = DiffusionPolicy.from_pretrained(LEGACY_POLICY)
+    rng = np.random.default_rng(0)
+    obs = {k: rng.uniform(0, 512, (3, 2, *s)).astype(np.float32) for k, s in OBS_SHAPES.items()}
+    seeds = np.arange(3)
+    eager = PolicyActor(policy, "ddim", 3)(obs, seeds)
+    onnx = PolicyActor(policy.use_backend("onnx"), "ddim", 3)(obs, seeds)
+    # raw units (px): CHUNK_TOL in normalized units times the half-range of the actions
+    half_range = 256
+    np.testing.assert_allclose(onnx, eager, atol=CHUNK_TOL["atol"] * half_range, rtol=0)
+    args = ["--checkpoint", LEGACY_POLICY, "--episodes", 1, "--videos", 0, "--device", "cpu",
+            "--inference-steps", 2, "--no-progress", "--backend", "onnx"]  # fmt: skip
+    summary = eval_script.main(tyro.cli(eval_script.Config, args=[str(a) for a in args]))
+    assert summary["backend"] == "onnx" and summary["episodes"] == 1

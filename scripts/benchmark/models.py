@@ -5,10 +5,11 @@ change the cost)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 
-from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.diffusion import Backend, DiffusionPolicy, PolicyConfig
 from dplite.policy.fast_layers import fast_paths_disabled
 from dplite.policy.timing import median_ms
 
@@ -42,58 +43,68 @@ def _policy(network: dict, distilled: bool = False) -> DiffusionPolicy:
     return DiffusionPolicy(cfg)
 
 
-def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
+# the inference section's cells: each network at each batch with each of these (sampler, k)
+BATCHES = (1, 50)
+SAMPLERS = (("ddim", 5), ("ddim", 10), ("ddpm", 100), ("consistency", 1), ("consistency", 2))
+
+
+def bench_inference(
+    repeats: int,
+    device: str = "cpu",
+    backend: Backend = "eager",
+    networks: dict[str, dict] | None = None,
+    batches: tuple[int, ...] = BATCHES,
+) -> list[dict]:
     """predict_action latency: DDIM 5 (the default), DDIM 10 and DDPM 100 of a trained policy,
     and 1 and 2 steps of its consistency-distilled form (the same network; weights do not
-    change the cost), for each of NETWORKS.
+    change the cost), for each of `networks` (default NETWORKS) at each batch size.
 
-    Modes: "eager" is predict_action as shipped (with the fast layers); "plain" the same call
-    with every fast path off (policy.fast_layers.fast_paths_disabled: the nn layers alone, the
-    baseline; batch 1, not DDPM); on CUDA, "graph" replays the loop as a CUDA graph
+    One row per cell, with the median ms of each mode and each mode's ratio to "plain", all
+    measured back to back in this process (so that a busy machine slows them alike):
+    "plain" is the same call with every fast path off (policy.fast_layers.fast_paths_disabled:
+    the nn layers alone, the baseline); "eager" is predict_action as shipped (with the fast
+    layers); "onnx" (with backend "onnx") the onnx backend (DiffusionPolicy.use_backend),
+    exported in the warm-up call; on CUDA, "graph" replays the loop as a CUDA graph
     (DiffusionPolicy.use_cuda_graphs), captured in the warm-up call."""
-    modes = (
-        ("plain", "eager", "graph") if torch.device(device).type == "cuda" else ("plain", "eager")
-    )
+    cuda = torch.device(device).type == "cuda"
+    modes = [
+        "plain",
+        "eager",
+        *(["onnx"] if backend == "onnx" else []),
+        *(["graph"] if cuda else []),
+    ]
     rows = []
-    for name, network in NETWORKS.items():
+    for name, network in (NETWORKS if networks is None else networks).items():
         policies = {
             "diffusion": _policy(network).to(device).eval(),
             "distilled": _policy(network, distilled=True).to(device).eval(),
         }
-        for batch in (1, 50):
+        # the onnx backend on copies, so that each keeps its export across the cells
+        onnx = {
+            k: copy.deepcopy(p).use_backend("onnx") for k, p in policies.items() if "onnx" in modes
+        }
+        for batch in batches:
             obs = {k: torch.randn(batch, 2, *s, device=device) for k, s in OBS_SHAPES.items()}
-            for sampler, k in (
-                ("ddim", 5),
-                ("ddim", 10),
-                ("ddpm", 100),
-                ("consistency", 1),
-                ("consistency", 2),
-            ):
-                policy = policies["distilled" if sampler == "consistency" else "diffusion"]
+            for sampler, k in SAMPLERS:
+                kind = "distilled" if sampler == "consistency" else "diffusion"
                 reps = repeats if k <= 10 or batch == 1 else max(1, repeats // 3)
-
-                def call(policy=policy, obs=obs, sampler=sampler, k=k):
-                    return policy.predict_action(obs, sampler, k)
-
+                row: dict = {"model": name, "batch": batch, "sampler": sampler, "k": k}
                 for mode in modes:
-                    if mode == "plain" and (batch > 1 or sampler == "ddpm"):
-                        continue
+                    policy = (onnx if mode == "onnx" else policies)[kind]
+
+                    def call(policy=policy, obs=obs, sampler=sampler, k=k):
+                        return policy.predict_action(obs, sampler, k)
+
                     policy.use_cuda_graphs(mode == "graph")
                     switch = fast_paths_disabled() if mode == "plain" else contextlib.nullcontext()
                     with switch:
-                        ms = median_ms(call, reps, warmup=1)
+                        row[f"{mode}_ms"] = median_ms(call, reps, warmup=1)
                     policy.use_cuda_graphs(False)
-                    rows.append(
-                        {
-                            "model": name,
-                            "batch": batch,
-                            "sampler": sampler,
-                            "k": k,
-                            "mode": mode,
-                            "ms": ms,
-                            "target_ms": LATENCY_TARGET_MS.get((name, batch, sampler, k)),
-                        }
-                    )
+                for mode in modes[1:]:
+                    row[f"{mode}/plain"] = row[f"{mode}_ms"] / row["plain_ms"]
+                row["target_ms"] = LATENCY_TARGET_MS.get((name, batch, sampler, k))
+                rows.append(row)
+        del onnx  # the sessions' copies of the weights
     return rows
 
 
@@ -179,4 +190,4 @@ def bench_train(steps: int, device: str = "cpu") -> list[dict]:
     return rows
 
 
-__all__ = ["bench_inference", "bench_train", "bench_vision"]
+__all__ = ["BATCHES", "NETWORKS", "SAMPLERS", "bench_inference", "bench_train", "bench_vision"]
