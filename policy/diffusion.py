@@ -32,6 +32,10 @@ policy/transformer.py's TransformerForDiffusion (action tokens, causal self-atte
 diffusion step and the To observation steps as cross-attention tokens). It has the UNet's call
 signature, so everything above (samplers, the "mse" objective, distillation, CUDA graphs) is
 the same for both.
+
+Every sampler evaluates the network through ``denoise``: self.net by default, or, after
+``use_backend("onnx")``, the same network exported to ONNX and run by ONNX Runtime on the CPU
+(policy/onnx_denoiser.py, the optional "onnx" extra), re-exported whenever the weights change.
 """
 
 from __future__ import annotations
