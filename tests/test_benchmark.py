@@ -28,18 +28,20 @@ def test_every_cell_times_plain_and_reports_ratios(monkeypatch, tmp_path, backen
     if backend == "onnx":
         pytest.importorskip("onnxruntime")
     monkeypatch.setattr(models, "NETWORKS", TINY)
-    monkeypatch.setattr(models, "SAMPLERS", (("ddim", 2), ("consistency", 1)))
+    monkeypatch.setattr(benchmark, "NETWORKS", TINY)
     out = tmp_path / "bench.json"
-    args = ["--sections", "inference", "--repeats", "1", "--threads", "1",
-            "--backend", backend, "--json", str(out)]  # fmt: skip
+    args = ["--sections", "inference", "--repeats", "1", "--threads", "1", "--backend", backend,
+            "--networks", "tiny unet", "--samplers", "ddim:2", "consistency:1",
+            "--json", str(out)]  # fmt: skip
     benchmark.main(tyro.cli(benchmark.Config, args=args))
     results = json.loads(out.read_text())
     machine = results["machine"]
     assert machine["threads"] == 1 and machine["date"] and machine["cpu"]
     rows = results["inference"]
     cells = {(r["model"], r["batch"], r["sampler"], r["k"]) for r in rows}
+    samplers = [("ddim", 2), ("consistency", 1)]
     assert cells == {
-        ("tiny unet", b, s, k) for b in models.BATCHES for s, k in models.SAMPLERS
+        ("tiny unet", b, s, k) for b in models.BATCHES for s, k in samplers
     }  # one row per cell, every batch size
     modes = ["eager", "onnx"] if backend == "onnx" else ["eager"]
     for r in rows:

@@ -41,6 +41,8 @@ CASES = [
      "--cuda-graphs needs a CUDA device, not cpu"),
     ("dp-benchmark", ["--backend", "onnx", "--device", "cuda"],
      "--backend onnx runs on the CPU, not --device cuda"),
+    ("dp-benchmark", ["--samplers", "ddim"], "--samplers: 'ddim' is not NAME:K"),
+    ("dp-benchmark", ["--networks", "1B"], "--networks: unknown ['1B']"),
     ("dp-distill", ["--checkpoint", LEGACY / "policy", "--out", "{tmp}"], "exists"),
     ("dp-suite", ["--tasks", "nosuch", "--out", "{tmp}/s"], "unknown task 'nosuch'"),
 ]  # fmt: skip

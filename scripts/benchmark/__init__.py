@@ -30,7 +30,14 @@ from dplite.envs.options import run_command
 from dplite.policy.checkpoint import atomic_write
 from dplite.policy.onnx_denoiser import import_onnxruntime
 from dplite.policy.timing import machine
-from dplite.scripts.benchmark.models import bench_inference, bench_train, bench_vision
+from dplite.scripts.benchmark.models import (
+    BATCHES,
+    NETWORKS,
+    SAMPLERS,
+    bench_inference,
+    bench_train,
+    bench_vision,
+)
 from dplite.scripts.benchmark.throughput import bench_data, bench_ddp, bench_env
 
 SECTIONS = ("inference", "vision", "train", "data", "ddp", "env")
@@ -53,6 +60,12 @@ class Config:
     backend: Literal["eager", "onnx"] = "eager"
     """onnx: the inference section also times the onnx backend (ONNX Runtime, the 'onnx'
     extra; CPU only) in every cell, next to plain and eager (the shipped fast layers)."""
+    networks: tuple[str, ...] = tuple(NETWORKS)
+    """Inference section: the networks timed."""
+    batches: tuple[int, ...] = BATCHES
+    """Inference section: the batch sizes timed."""
+    samplers: tuple[str, ...] = tuple(f"{s}:{k}" for s, k in SAMPLERS)
+    """Inference section: the samplers timed, as NAME:K (consistency: the distilled form)."""
     ddp_procs: tuple[int, ...] = (1, 2)
     """Process counts for the "ddp" section (each gets cores / N threads)."""
     ddp_steps: int = 200
@@ -85,7 +98,26 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _samplers(specs: tuple[str, ...]) -> list[tuple[str, int]]:
+    """--samplers NAME:K ... as (name, k) pairs; a malformed one is refused."""
+    pairs = []
+    for spec in specs:
+        name, _, k = spec.partition(":")
+        if name not in ("ddpm", "ddim", "consistency") or not k.isdigit() or int(k) < 1:
+            raise ValueError(
+                f"--samplers: {spec!r} is not NAME:K with NAME ddpm, ddim or consistency and K >= 1"
+            )
+        pairs.append((name, int(k)))
+    return pairs
+
+
 def main(cfg: Config) -> dict:
+    unknown = sorted(set(cfg.networks) - set(NETWORKS))
+    if unknown:
+        raise ValueError(f"--networks: unknown {unknown}; choose from {list(NETWORKS)}")
+    if not cfg.batches or min(cfg.batches) < 1:
+        raise ValueError(f"--batches must be >= 1, got {list(cfg.batches)}")
+    samplers = _samplers(cfg.samplers)
     if cfg.backend == "onnx":  # refused before any section runs
         if torch.device(cfg.device).type != "cpu":
             raise ValueError(f"--backend onnx runs on the CPU, not --device {cfg.device}")
@@ -98,7 +130,9 @@ def main(cfg: Config) -> dict:
         results["machine"]["onnxruntime"] = import_onnxruntime().__version__
     print("machine:", ", ".join(f"{k}={v}" for k, v in results["machine"].items()))
     if "inference" in cfg.sections:
-        results["inference"] = bench_inference(cfg.repeats, cfg.device, cfg.backend)
+        results["inference"] = bench_inference(
+            cfg.repeats, cfg.device, cfg.backend, cfg.networks, cfg.batches, samplers
+        )
         _table(
             "predict_action latency (median ms, T=16, To=2, cond 40; MODE/plain: its ratio to "
             "plain in the same cell)",

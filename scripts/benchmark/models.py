@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Sequence
 
 import torch
 
@@ -52,12 +53,14 @@ def bench_inference(
     repeats: int,
     device: str = "cpu",
     backend: Backend = "eager",
-    networks: dict[str, dict] | None = None,
-    batches: tuple[int, ...] = BATCHES,
+    networks: Sequence[str] | None = None,
+    batches: Sequence[int] = BATCHES,
+    samplers: Sequence[tuple[str, int]] | None = None,
 ) -> list[dict]:
-    """predict_action latency: DDIM 5 (the default), DDIM 10 and DDPM 100 of a trained policy,
-    and 1 and 2 steps of its consistency-distilled form (the same network; weights do not
-    change the cost), for each of `networks` (default NETWORKS) at each batch size.
+    """predict_action latency: by default DDIM 5 (the default), DDIM 10 and DDPM 100 of a
+    trained policy, and 1 and 2 steps of its consistency-distilled form (the same network;
+    weights do not change the cost), for each of `networks` (names of NETWORKS, default all) at
+    each batch size; `samplers` (default SAMPLERS) picks other (sampler, k).
 
     One row per cell, with the median ms of each mode and each mode's ratio to "plain", all
     measured back to back in this process (so that a busy machine slows them alike):
@@ -74,7 +77,8 @@ def bench_inference(
         *(["graph"] if cuda else []),
     ]
     rows = []
-    for name, network in (NETWORKS if networks is None else networks).items():
+    for name in NETWORKS if networks is None else networks:
+        network = NETWORKS[name]
         policies = {
             "diffusion": _policy(network).to(device).eval(),
             "distilled": _policy(network, distilled=True).to(device).eval(),
@@ -85,7 +89,7 @@ def bench_inference(
         }
         for batch in batches:
             obs = {k: torch.randn(batch, 2, *s, device=device) for k, s in OBS_SHAPES.items()}
-            for sampler, k in SAMPLERS:
+            for sampler, k in SAMPLERS if samplers is None else samplers:
                 kind = "distilled" if sampler == "consistency" else "diffusion"
                 reps = repeats if k <= 10 or batch == 1 else max(1, repeats // 3)
                 row: dict = {"model": name, "batch": batch, "sampler": sampler, "k": k}
