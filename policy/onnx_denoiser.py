@@ -85,9 +85,10 @@ def _fingerprint(tensors: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, in
 
 
 def export_onnx(net: nn.Module, horizon: int, action_dim: int, cond_dim: int) -> bytes:
-    """net as ONNX bytes with inputs sample (B, T, Da) float32, timestep (B,) int64 and
-    cond (B, Dc) float32 and output eps (B, T, Da); B is free. The net is traced as its plain
-    nn layers (fast_paths_disabled: the fast layers' oneDNN ops have no ONNX form)."""
+    """net in eval mode as ONNX bytes with inputs sample (B, T, Da) float32, timestep (B,)
+    int64 and cond (B, Dc) float32 and output eps (B, T, Da); B is free. The net is traced as
+    its plain nn layers (fast_paths_disabled: the fast layers' oneDNN ops have no ONNX form);
+    its mode is left as it was."""
     gen = torch.Generator().manual_seed(0)
     B = 2  # not 1: a batch of 1 can be traced as a constant by a broadcast
     args = (
@@ -96,6 +97,7 @@ def export_onnx(net: nn.Module, horizon: int, action_dim: int, cond_dim: int) ->
         torch.randn(B, cond_dim, generator=gen),  # (B, Dc)
     )
     buf = io.BytesIO()
+    was_training = net.training
     # predict_action runs in inference mode, whose tensors cannot be traced
     with (
         torch.inference_mode(False),
@@ -105,16 +107,19 @@ def export_onnx(net: nn.Module, horizon: int, action_dim: int, cond_dim: int) ->
     ):
         # the exporter's deprecation notice and its tracer's notes on the input checks
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Call(net).eval(),
-            args,
-            buf,
-            dynamo=False,
-            input_names=["sample", "timestep", "cond"],
-            output_names=["eps"],
-            dynamic_axes={name: {0: "B"} for name in ("sample", "timestep", "cond", "eps")},
-            opset_version=OPSET,
-        )
+        try:
+            torch.onnx.export(
+                _Call(net).eval(),  # the inference network (the transformer's dropout off)
+                args,
+                buf,
+                dynamo=False,
+                input_names=["sample", "timestep", "cond"],
+                output_names=["eps"],
+                dynamic_axes={name: {0: "B"} for name in ("sample", "timestep", "cond", "eps")},
+                opset_version=OPSET,
+            )
+        finally:
+            net.train(was_training)
     return buf.getvalue()
 
 

@@ -184,6 +184,15 @@ def test_refresh_backend_after_a_data_write(ort):
     _assert_onnx_follows(policy)
 
 
+def test_the_export_leaves_the_mode_as_it_was(ort):
+    """The graph is the eval-mode network; exporting it does not switch a training net."""
+    policy = _policy().use_backend("onnx").train()
+    x, cond = torch.zeros(1, 16, 2), torch.zeros(1, 40)
+    with torch.inference_mode():
+        policy.denoise(x, 5, cond)
+    assert policy._onnx is not None and policy.training and policy.net.training
+
+
 # ------------------------------------------------------------------ refusals
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'; use one of"):
