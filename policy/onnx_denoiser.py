@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dplite.policy.fast_layers import fast_paths_disabled
+from dplite.policy.fast_layers import convs_as_2d, fast_paths_disabled
 from dplite.policy.unet1d import batch_timesteps
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def _fingerprint(tensors: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, in
 def export_onnx(net: nn.Module, horizon: int, action_dim: int, cond_dim: int) -> bytes:
     """net in eval mode as ONNX bytes with inputs sample (B, T, Da) float32, timestep (B,)
     int64 and cond (B, Dc) float32 and output eps (B, T, Da); B is free. The net is traced as
-    its plain nn layers (fast_paths_disabled: the fast layers' oneDNN ops have no ONNX form);
+    its plain nn layers (fast_paths_disabled: the fast layers' oneDNN ops have no ONNX form),
+    its convolutions as 2D ones (convs_as_2d: ONNX Runtime's fast CPU convolutions are 2D);
     its mode is left as it was."""
     gen = torch.Generator().manual_seed(0)
     B = 2  # not 1: a batch of 1 can be traced as a constant by a broadcast
@@ -103,6 +104,7 @@ def export_onnx(net: nn.Module, horizon: int, action_dim: int, cond_dim: int) ->
         torch.inference_mode(False),
         torch.no_grad(),
         fast_paths_disabled(),
+        convs_as_2d(),
         warnings.catch_warnings(),
     ):
         # the exporter's deprecation notice and its tracer's notes on the input checks
