@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Sequence
 
 import torch
 
 from dplite.policy.diffusion import Backend, DiffusionPolicy, PolicyConfig
 from dplite.policy.fast_layers import fast_paths_disabled
-from dplite.policy.timing import median_ms
+from dplite.policy.timing import interleaved_median_ms, median_ms
 
 # the reference PushT low-dim setting: keypoints (9, 2) + agent position, To = 2 -> cond 40
 OBS_SHAPES = {"keypoint": (9, 2), "agent_pos": (2,)}
@@ -62,53 +63,47 @@ def bench_inference(
     weights do not change the cost), for each of `networks` (names of NETWORKS, default all) at
     each batch size; `samplers` (default SAMPLERS) picks other (sampler, k).
 
-    One row per cell, with the median ms of each mode and each mode's ratio to "plain", all
-    measured back to back in this process (so that a busy machine slows them alike):
-    "plain" is the same call with every fast path off (policy.fast_layers.fast_paths_disabled:
-    the nn layers alone, the baseline); "eager" is predict_action as shipped (with the fast
-    layers); "onnx" (with backend "onnx") the onnx backend (DiffusionPolicy.use_backend),
-    exported in the warm-up call; on CUDA, "graph" replays the loop as a CUDA graph
-    (DiffusionPolicy.use_cuda_graphs), captured in the warm-up call."""
+    One row per cell, with the median ms of each mode and each mode's ratio to "plain", the
+    modes timed in turns in this process (policy.timing.interleaved_median_ms: a busy machine
+    slows them alike): "plain" is the same call with every fast path off
+    (policy.fast_layers.fast_paths_disabled: the nn layers alone, the baseline); "eager" is
+    predict_action as shipped (with the fast layers); "onnx" (with backend "onnx") the onnx
+    backend (DiffusionPolicy.use_backend), exported in the warm-up call; on CUDA, "graph"
+    replays the loop as a CUDA graph (DiffusionPolicy.use_cuda_graphs), captured in the
+    warm-up call."""
     cuda = torch.device(device).type == "cuda"
-    modes = [
-        "plain",
-        "eager",
-        *(["onnx"] if backend == "onnx" else []),
-        *(["graph"] if cuda else []),
-    ]
     rows = []
     for name in NETWORKS if networks is None else networks:
         network = NETWORKS[name]
-        policies = {
+        eager = {
             "diffusion": _policy(network).to(device).eval(),
             "distilled": _policy(network, distilled=True).to(device).eval(),
         }
-        # the onnx backend on copies, so that each keeps its export across the cells
-        onnx = {
-            k: copy.deepcopy(p).use_backend("onnx") for k, p in policies.items() if "onnx" in modes
-        }
+        # one policy per mode; onnx and graph on copies that keep their export / capture
+        policies = {"plain": eager, "eager": eager}
+        if backend == "onnx":
+            policies["onnx"] = {k: copy.deepcopy(p).use_backend("onnx") for k, p in eager.items()}
+        if cuda:
+            policies["graph"] = {k: copy.deepcopy(p).use_cuda_graphs() for k, p in eager.items()}
         for batch in batches:
             obs = {k: torch.randn(batch, 2, *s, device=device) for k, s in OBS_SHAPES.items()}
             for sampler, k in SAMPLERS if samplers is None else samplers:
                 kind = "distilled" if sampler == "consistency" else "diffusion"
                 reps = repeats if k <= 10 or batch == 1 else max(1, repeats // 3)
-                row: dict = {"model": name, "batch": batch, "sampler": sampler, "k": k}
-                for mode in modes:
-                    policy = (onnx if mode == "onnx" else policies)[kind]
 
-                    def call(policy=policy, obs=obs, sampler=sampler, k=k):
-                        return policy.predict_action(obs, sampler, k)
-
-                    policy.use_cuda_graphs(mode == "graph")
+                def call(mode: str, policy=None, obs=obs, sampler=sampler, k=k):
                     switch = fast_paths_disabled() if mode == "plain" else contextlib.nullcontext()
                     with switch:
-                        row[f"{mode}_ms"] = median_ms(call, reps, warmup=1)
-                    policy.use_cuda_graphs(False)
-                for mode in modes[1:]:
-                    row[f"{mode}/plain"] = row[f"{mode}_ms"] / row["plain_ms"]
+                        return policy.predict_action(obs, sampler, k)
+
+                calls = {m: functools.partial(call, m, p[kind]) for m, p in policies.items()}
+                ms = interleaved_median_ms(calls, reps, warmup=1)
+                row: dict = {"model": name, "batch": batch, "sampler": sampler, "k": k}
+                row.update({f"{m}_ms": v for m, v in ms.items()})
+                row.update({f"{m}/plain": v / ms["plain"] for m, v in ms.items() if m != "plain"})
                 row["target_ms"] = LATENCY_TARGET_MS.get((name, batch, sampler, k))
                 rows.append(row)
-        del onnx  # the sessions' copies of the weights
+        del policies  # the onnx sessions' copies of the weights, the captured graphs
     return rows
 
 
