@@ -37,6 +37,7 @@ def test_every_cell_times_plain_and_reports_ratios(monkeypatch, tmp_path, backen
     results = json.loads(out.read_text())
     machine = results["machine"]
     assert machine["threads"] == 1 and machine["date"] and machine["cpu"]
+    assert machine["utc"].startswith(machine["date"]) and machine["load_average_1m"] >= 0
     rows = results["inference"]
     cells = {(r["model"], r["batch"], r["sampler"], r["k"]) for r in rows}
     samplers = [("ddim", 2), ("consistency", 1)]

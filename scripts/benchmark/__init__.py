@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -124,8 +125,11 @@ def main(cfg: Config) -> dict:
         import_onnxruntime()  # names the extra to install
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    # machine() has the date and torch's thread count; the hour tells runs of one day apart
-    results: dict = {"machine": {**machine(), "utc": _utc_now()}}
+    # machine() has the date and torch's thread count; the hour tells runs of one day apart,
+    # and the load average whether other work shared the CPU
+    results: dict = {
+        "machine": {**machine(), "utc": _utc_now(), "load_average_1m": os.getloadavg()[0]}
+    }
     if cfg.backend == "onnx":
         results["machine"]["onnxruntime"] = import_onnxruntime().__version__
     print("machine:", ", ".join(f"{k}={v}" for k, v in results["machine"].items()))
