@@ -5,14 +5,18 @@ Python and dispatcher overhead of a few microseconds before any arithmetic; for 
 at batch 1 that overhead is most of the time. ONNX Runtime runs the same graph from C++ in one
 call per evaluation, after fusing and pre-packing it once for this CPU. Only the network
 evaluation moves: the sampling loop (policy/samplers.py) stays in torch around it, so every
-sampler (DDPM, DDIM, consistency, the one-shot "mse" call) works unchanged.
+sampler (DDPM, DDIM, consistency, the one-shot "mse" call) works unchanged. It pays off for
+small networks at small batches (the 5.4 M UNet at batch 1: about half the plain network's
+time, where the eager fast layers save a quarter); the 65.8 M UNet at batch 1 is faster eager
+(packed oneDNN weights), and at batch 50 ONNX Runtime is slower than plain PyTorch
+(docs/benchmarks.md), which is why this is an opt-in backend and not the default.
 
 What. ``OnnxDenoiser(net, horizon, action_dim, cond_dim)`` traces ``net(sample (B, T, Da),
 timestep (B,), global_cond (B, Dc)) -> (B, T, Da)`` once with torch.onnx.export (batch size
-left free), opens an ONNX Runtime CPU session on the bytes, and is then called like the net. Its
-outputs equal the eager net's to float rounding (tests/test_onnx_denoiser.py states the
-tolerance). It holds no reference to the net's memory: the session owns a copy of the weights
-as they were at export.
+left free, convolutions as 2D ones: fast_layers.convs_as_2d), opens an ONNX Runtime CPU session
+on the bytes, and is then called like the net. Its outputs equal the eager net's to float
+rounding (tests/test_onnx_denoiser.py states the tolerance). The session owns a copy of the
+weights as they were at export; the denoiser keeps the exported tensors only to recognise them.
 
 Stale weights. That copy must never answer for other weights. ``matches(net)`` says whether the
 net's parameters and buffers are still the tensors, at the addresses and at the versions, that
@@ -24,8 +28,8 @@ DiffusionPolicy.refresh_backend() (or ``policy.eval()``), the same rule as the f
 caches (policy/fast_layers.py).
 
 Why the TorchScript exporter (``dynamo=False``): the torch.export-based one needs onnxscript
-and took ~7x longer to export a small UNet here (10.6 s against 1.5 s) for the same graph
-accuracy; an export happens on every weight change. PyTorch still ships it in the versions
+and took ~7x longer to export a small UNet here (10.6 s against 1.5 s), and its graph of the
+5.4 M UNet ran 1.35x slower at batch 1; an export happens on every weight change. PyTorch still ships it in the versions
 pyproject.toml allows (< 2.14), with a deprecation warning that is silenced below.
 """
 
