@@ -7,9 +7,10 @@ call per evaluation, after fusing and pre-packing it once for this CPU. Only the
 evaluation moves: the sampling loop (policy/samplers.py) stays in torch around it, so every
 sampler (DDPM, DDIM, consistency, the one-shot "mse" call) works unchanged. It pays off for
 small networks at small batches (the 5.4 M UNet at batch 1: about half the plain network's
-time, where the eager fast layers save a quarter); the 65.8 M UNet at batch 1 is faster eager
-(packed oneDNN weights), and at batch 50 ONNX Runtime is slower than plain PyTorch
-(docs/benchmarks.md), which is why this is an opt-in backend and not the default.
+time, where the eager fast layers save a quarter) and for the transformer (about half at batch
+1, 0.7 at batch 50); the 65.8 M UNet at batch 1 is faster eager (packed oneDNN weights), and at
+batch 50 ONNX Runtime runs both UNets slower than plain PyTorch (docs/benchmarks.md), which is
+why this is an opt-in backend and not the default.
 
 What. ``OnnxDenoiser(net, horizon, action_dim, cond_dim)`` traces ``net(sample (B, T, Da),
 timestep (B,), global_cond (B, Dc)) -> (B, T, Da)`` once with torch.onnx.export (batch size
