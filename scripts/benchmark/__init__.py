@@ -3,14 +3,16 @@
     python -m dplite.scripts.benchmark --json outputs/bench.json
 
 Prints one table per section and writes every number (with the machine, versions, thread
-count and date) as JSON. Numbers are measured here, every run; the project's targets are printed beside them
-for comparison only. Run it on a quiet machine: another busy process makes the numbers noise.
+count, date, UTC time and load average) as JSON. Numbers are measured here, every run; the
+project's targets are printed beside them for comparison only. Run it on a quiet machine:
+another busy process makes the numbers noise.
 The "ddp" section (not in the default set) trains the quickstart UNet for a few hundred steps
 on a synthetic dataset with 1 process and under torchrun with 2 and reports samples/s.
 
 The "inference" section times every cell (network, batch, sampler, k) as "plain" (the nn
 layers alone), "eager" (the shipped fast layers) and, with --backend onnx, "onnx" (ONNX
-Runtime, the "onnx" extra), back to back, and prints each one's ratio to plain.
+Runtime, the "onnx" extra), in turns, and prints each one's ratio to plain; --networks,
+--batches and --samplers choose the cells.
 
 Sections: "inference", "vision" and "train" in models.py; "data", "env" and "ddp" in
 throughput.py.
