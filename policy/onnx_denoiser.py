@@ -30,8 +30,9 @@ caches (policy/fast_layers.py).
 
 Why the TorchScript exporter (``dynamo=False``): the torch.export-based one needs onnxscript
 and took ~7x longer to export a small UNet here (10.6 s against 1.5 s), and its graph of the
-5.4 M UNet ran 1.35x slower at batch 1; an export happens on every weight change. PyTorch still ships it in the versions
-pyproject.toml allows (< 2.14), with a deprecation warning that is silenced below.
+5.4 M UNet ran 1.35x slower at batch 1; an export happens on every weight change. PyTorch
+still ships it in the versions pyproject.toml allows (< 2.14), with a deprecation warning
+that is silenced below.
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ def test_benchmark_unets_match_eager_at_batch_1_and_50(ort, dims):
     [
         ("ddpm", 10, {}),
         ("ddim", 3, {}),
-        ("consistency", 2, dict(consistency_timesteps=(90, 60, 30, 0), sampler="consistency", num_inference_steps=1)),
+        ("consistency", 2, dict(consistency_timesteps=(90, 60, 30, 0), sampler="consistency",
+                                num_inference_steps=1)),
         ("mse", 1, dict(objective="mse")),
     ],
 )  # fmt: skip
