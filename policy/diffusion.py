@@ -32,6 +32,10 @@ policy/transformer.py's TransformerForDiffusion (action tokens, causal self-atte
 diffusion step and the To observation steps as cross-attention tokens). It has the UNet's call
 signature, so everything above (samplers, the "mse" objective, distillation, CUDA graphs) is
 the same for both.
+
+Every sampler evaluates the network through ``denoise``: self.net by default, or, after
+``use_backend("onnx")``, the same network exported to ONNX and run by ONNX Runtime on the CPU
+(policy/onnx_denoiser.py, the optional "onnx" extra), re-exported whenever the weights change.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from dplite.policy.checkpoint import (
 from dplite.policy.cuda_graphs import GraphedCall
 from dplite.policy.encoders import CameraConfig, ObsEncoder
 from dplite.policy.normalizer import Normalizer
+from dplite.policy.onnx_denoiser import OnnxDenoiser, import_onnxruntime
 from dplite.policy.samplers import (
     PREFIX_MODES,
     RTC_MAX_GUIDANCE,
@@ -77,6 +82,8 @@ from dplite.policy.unet1d import ConditionalUnet1D
 Sampler = SamplerName  # a sampler's name (policy/samplers.py); "mse" only names OneShot
 Objective = Literal["diffusion", "mse"]
 Backbone = Literal["unet", "transformer"]
+Backend = Literal["eager", "onnx"]  # what evaluates the denoiser at inference (use_backend)
+BACKENDS: tuple[str, ...] = ("eager", "onnx")
 # the spacing new policies get (docs/benchmarks.md has the measurement behind the choice)
 DEFAULT_SPACING: Spacing = "trailing"
 WEIGHTS_FILE = "model.safetensors"
@@ -340,12 +347,21 @@ class DiffusionPolicy(nn.Module):
                 cond_predict_scale=cfg.cond_predict_scale,
             )
         self._graphs: dict | None = None  # captured sampling loops, see use_cuda_graphs
+        self.backend: Backend = "eager"
+        self._onnx: OnnxDenoiser | None = None  # the "onnx" backend's export, see use_backend
 
     def __getstate__(self) -> dict:
-        # deepcopy (EMA) and pickle start without captured graphs: they hold this copy's memory
+        # deepcopy (EMA) and pickle start without captured graphs: they hold this copy's memory;
+        # nor with an ONNX Runtime session (not picklable; re-exported on first use)
         state = super().__getstate__()
         state["_graphs"] = {} if state.get("_graphs") is not None else None
+        state["_onnx"] = None
         return state
+
+    def train(self, mode: bool = True) -> DiffusionPolicy:
+        # as the fast layers: eval() starts from the weights as they are now
+        self.refresh_backend()
+        return super().train(mode)
 
     @property
     def device(self) -> torch.device:
@@ -440,12 +456,58 @@ class DiffusionPolicy(nn.Module):
         normalized, not clipped. Its network output is read as a velocity v (Salimans & Ho 2022):
         f = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v, well conditioned from t = 0 (nearly
         the identity, as a consistency function must be near the data) up to pure noise."""
-        return self.schedule.predict_x0_from_v(self.net(x, t, cond), t, x)
+        return self.schedule.predict_x0_from_v(self.denoise(x, t, cond), t, x)
 
     def consistency_timesteps(self, k: int) -> list[int]:
         """The k timesteps a k-step consistency sample visits (samplers.Consistency.timesteps):
         the grid's top one, then evenly spaced grid points below it (90, ..., 0: k=2 -> 90, 40)."""
         return Consistency(k).timesteps(self).tolist()
+
+    def use_backend(self, backend: Backend = "eager") -> DiffusionPolicy:
+        """Choose what evaluates the denoiser in predict_action; returns self.
+
+        "eager" (the default): self.net, with the fast layers' CPU paths (policy/fast_layers.py).
+        "onnx": the net exported to ONNX and run by ONNX Runtime on the CPU
+        (policy/onnx_denoiser.py), for both backbones; it needs the optional extra "onnx" and a
+        policy on the CPU. The export happens on the first call and again whenever the weights
+        have changed since (an optimizer step, load_state_dict, EMA, in-place writes under
+        no_grad, .to(), eval() / train()); only writes through ``p.data`` need
+        refresh_backend(). The chunks equal eager ones to float rounding. Calls that need a
+        gradient (real-time chunking's guidance) run self.net whatever the backend.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+        if backend == "onnx":
+            import_onnxruntime()  # refuses now, naming the extra, rather than at the first call
+            if self.device.type != "cpu":
+                raise ValueError(
+                    f"the onnx backend runs on the CPU; this policy is on {self.device} "
+                    "(use the eager backend there, or CUDA graphs)"
+                )
+        self.backend = backend
+        if backend == "eager":
+            self.refresh_backend()  # frees the session's copy of the weights
+        return self
+
+    def refresh_backend(self) -> None:
+        """Drop the "onnx" backend's export: the next call exports the current weights. Needed
+        only after writing weights through ``p.data`` (use_backend)."""
+        self._onnx = None
+
+    def denoise(self, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The network's output for x (B, T, Da) at timestep t given cond (B, Dc), by the
+        chosen backend (use_backend); with autograd on, always self.net. Samplers call this."""
+        if self.backend == "eager" or torch.is_grad_enabled():
+            return self.net(x, t, cond)  # (B, T, Da)
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"the onnx backend runs on the CPU; the policy is on {x.device} "
+                "(call use_backend('eager'))"
+            )
+        if self._onnx is None or not self._onnx.matches(self.net):
+            cfg = self.cfg
+            self._onnx = OnnxDenoiser(self.net, cfg.horizon, cfg.action_dim, cfg.global_cond_dim)
+        return self._onnx(x, t, cond)  # (B, T, Da)
 
     def use_cuda_graphs(self, enabled: bool = True) -> DiffusionPolicy:
         """Replay predict_action's denoising loop as a CUDA graph (policy/cuda_graphs.py).
@@ -692,4 +754,12 @@ def _versions() -> dict[str, str]:
     }
 
 
-__all__ = ["Backbone", "DiffusionPolicy", "Objective", "PolicyConfig", "Sampler"]
+__all__ = [
+    "BACKENDS",
+    "Backbone",
+    "Backend",
+    "DiffusionPolicy",
+    "Objective",
+    "PolicyConfig",
+    "Sampler",
+]

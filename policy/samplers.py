@@ -141,7 +141,7 @@ class BaseSampler(ABC):
         """eps_theta(x_t, t), guided toward the prefix when there is one in "guidance" mode."""
         if self.prefix is not None and self.prefix.mode == "guidance":
             return self.prefix.guided_eps(policy, x, t, cond)
-        return policy.net(x, t, cond)  # (B, T, Da)
+        return policy.denoise(x, t, cond)  # (B, T, Da), by the policy's backend
 
     def constrain(
         self, policy: DiffusionPolicy, i: int, x: torch.Tensor, prev_t: torch.Tensor
@@ -399,7 +399,7 @@ class OneShot(BaseSampler):
         step_noise: torch.Tensor,
     ) -> torch.Tensor:
         # 1. the chunk is the network's output for the zero chunk x at timestep 0
-        return policy.net(x, times[i : i + 1], cond)  # (B, T, Da)
+        return policy.denoise(x, times[i : i + 1], cond)  # (B, T, Da)
 
 
 # The registry: a new sampler is a class above plus its entry here (and its name in

@@ -1,5 +1,6 @@
-"""Wall-clock measurement shared by the benchmark and the suite: median latency of a call and
-a description of the machine it ran on (recorded with every timing)."""
+"""Wall-clock measurement shared by the benchmark and the suite: median latency of a call (or
+of several calls timed in turns) and a description of the machine it ran on (recorded with
+every timing)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import datetime
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -26,6 +27,27 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
         sync()  # CUDA runs asynchronously: time the work, not the launch
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
+
+
+def interleaved_median_ms(
+    fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median wall time in ms of each of `fns`, timed in turns (one call of each, `repeats`
+    rounds) after `warmup` untimed calls of each: whatever else loads the machine meanwhile
+    slows them alike, so their ratios hold better than those of one-after-the-other medians."""
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def cpu_model() -> str:

@@ -11,6 +11,8 @@ override it. Seeds start at envs.EVAL_SEED_START, disjoint from the demonstratio
 Prints a table and writes the metrics as JSON (episodes that their environment cut short by an
 error are listed under "errors", counted as failures). --noise-seeds N repeats the episodes with
 N sampler-noise seeds and pools them, for rates finer than one 50-episode run resolves.
+--backend onnx evaluates the denoiser with ONNX Runtime on the CPU (the "onnx" extra;
+DiffusionPolicy.use_backend), the eager chunks to float rounding.
 
 --latency-steps d with --execution sync | async | ensemble | rtc evaluates under an inference
 delay: the chunk planned from the observation at step t acts from t + d, the previous chunk
@@ -83,6 +85,10 @@ class Config:
     cuda_graphs: bool = False
     """Replay the denoising loop as a CUDA graph (CUDA devices only; the eager chunks to float
     rounding)."""
+    backend: Literal["eager", "onnx"] = "eager"
+    """What evaluates the denoiser: eager (PyTorch with the fast CPU layers) or onnx (the
+    network exported to ONNX and run by ONNX Runtime: the 'onnx' extra, CPU only; the eager
+    chunks to float rounding)."""
     progress: bool = True
     """Show a progress bar."""
     latency_steps: int = 0
@@ -132,6 +138,7 @@ def main(cfg: Config) -> dict:
         if device.type != "cuda":  # a refused input, reported by run_command like the rest
             raise ValueError(f"--cuda-graphs needs a CUDA device, not {device}")
         policy.use_cuda_graphs()
+    policy.use_backend(cfg.backend)  # refuses onnx without onnxruntime, or off the CPU
     spec = cfg.env.resolve(base=task_from_metadata(policy.metadata))
     seeds = list(range(cfg.seed_start, cfg.seed_start + cfg.episodes))
     noise_seeds = list(range(cfg.seed, cfg.seed + cfg.noise_seeds))
@@ -162,6 +169,7 @@ def main(cfg: Config) -> dict:
         checkpoint=str(policy_dir),
         device=str(device),
         cuda_graphs=cfg.cuda_graphs,
+        backend=cfg.backend,
         timestep_spacing=policy.cfg.timestep_spacing,
         train_step=policy.metadata.get("step"),
     )
@@ -177,7 +185,7 @@ def main(cfg: Config) -> dict:
     lo, hi = summary["success_ci95"]
     print(f"checkpoint     {policy_dir} (step {summary['train_step']})")
     print(f"environment    {spec.env_id} (task {spec.name})")
-    graphs = " (CUDA graph)" if cfg.cuda_graphs else ""
+    graphs = " (CUDA graph)" if cfg.cuda_graphs else f" ({cfg.backend})"
     print(f"sampler        {summary['sampler']} k={summary['inference_steps']} on {device}{graphs}")
     pooled = f" x noise seeds {noise_seeds[0]}..{noise_seeds[-1]}" if len(runs) > 1 else ""
     print(f"episodes       {summary['episodes']} (seeds {seeds[0]}..{seeds[-1]}{pooled})")

@@ -12,8 +12,8 @@ LEGACY = Path(__file__).parent / "fixtures" / "legacy_79d1b22"
 BIN = Path(sys.executable).parent
 
 
-def _run(cmd: str, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+def _run(cmd: str, *args, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), **env_vars}
     env.pop("DPLITE_TRACEBACK", None)
     return subprocess.run(
         [str(BIN / cmd), *map(str, args)], capture_output=True, text=True, env=env, timeout=120
@@ -39,6 +39,10 @@ CASES = [
      "needs a policy distilled"),
     ("dp-eval", ["--checkpoint", LEGACY / "policy", "--device", "cpu", "--cuda-graphs"],
      "--cuda-graphs needs a CUDA device, not cpu"),
+    ("dp-benchmark", ["--backend", "onnx", "--device", "cuda"],
+     "--backend onnx runs on the CPU, not --device cuda"),
+    ("dp-benchmark", ["--samplers", "ddim"], "--samplers: 'ddim' is not NAME:K"),
+    ("dp-benchmark", ["--networks", "1B"], "--networks: unknown ['1B']"),
     ("dp-distill", ["--checkpoint", LEGACY / "policy", "--out", "{tmp}"], "exists"),
     ("dp-suite", ["--tasks", "nosuch", "--out", "{tmp}/s"], "unknown task 'nosuch'"),
 ]  # fmt: skip
@@ -55,6 +59,19 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, cmd, args, words):
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f"{cmd}: error: ") and words in last, last
+
+
+def test_onnx_backend_without_onnxruntime_names_the_extra(tmp_path):
+    """An onnxruntime that fails to import (as where it is not installed), first on the path."""
+    fake = tmp_path / "hide" / "onnxruntime"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("hidden by the test")\n')
+    r = _run("dp-eval", "--checkpoint", LEGACY / "policy", "--device", "cpu", "--backend", "onnx",
+             PYTHONPATH=str(tmp_path / "hide"))  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("dp-eval: error: the onnx backend needs onnxruntime"), last
+    assert "install the 'onnx' extra: pip install -e \".[onnx]\"" in last, last
 
 
 def test_the_traceback_is_kept_on_request(tmp_path):

@@ -19,6 +19,7 @@ from dplite.policy.fast_layers import (
     FastConvTranspose1d,
     FastLinear,
     FastPath,
+    convs_as_2d,
     packed_ops_available,
     refresh_fast_paths,
 )
@@ -109,6 +110,26 @@ def test_fast_conv_transpose1d_matches_nn(B, T):
     assert y.shape == (B, 128, 2 * T)
     torch.testing.assert_close(y, F.conv_transpose1d(x, ref.weight, ref.bias, 2, 1))
     _assert_same_autograd(ref, fast, x)
+
+
+def test_convs_as_2d_compute_the_1d_convolutions():
+    """The form policy/onnx_denoiser.py traces: the same values as F.conv1d and
+    F.conv_transpose1d (a stride-2 down- and up-sampling included), in either mode."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 8)
+    convs = [
+        (FastConv1d(**SMALL), lambda m: F.conv1d(x, m.weight, m.bias, 1, 2)),
+        (FastConv1d(8, 8, 3, stride=2, padding=1), lambda m: F.conv1d(x, m.weight, m.bias, 2, 1)),
+        (
+            FastConvTranspose1d(8, 6, 4, stride=2, padding=1),
+            lambda m: F.conv_transpose1d(x, m.weight, m.bias, 2, 1),
+        ),
+    ]
+    for layer, reference in convs:
+        for mode in (True, False):
+            with torch.no_grad(), convs_as_2d():
+                y = layer.train(mode)(x)
+            torch.testing.assert_close(y, reference(layer))
 
 
 def test_fast_linear_matches_nn_linear():

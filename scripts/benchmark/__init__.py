@@ -2,11 +2,17 @@
 
     python -m dplite.scripts.benchmark --json outputs/bench.json
 
-Prints one table per section and writes every number (with the machine, versions and date)
-as JSON. Numbers are measured here, every run; the project's targets are printed beside them
-for comparison only. Run it on a quiet machine: another busy process makes the numbers noise.
+Prints one table per section and writes every number (with the machine, versions, thread
+count, date, UTC time and load average) as JSON. Numbers are measured here, every run; the
+project's targets are printed beside them for comparison only. Run it on a quiet machine:
+another busy process makes the numbers noise.
 The "ddp" section (not in the default set) trains the quickstart UNet for a few hundred steps
 on a synthetic dataset with 1 process and under torchrun with 2 and reports samples/s.
+
+The "inference" section times every cell (network, batch, sampler, k) as "plain" (the nn
+layers alone), "eager" (the shipped fast layers) and, with --backend onnx, "onnx" (ONNX
+Runtime, the "onnx" extra), in turns, and prints each one's ratio to plain; --networks,
+--batches and --samplers choose the cells.
 
 Sections: "inference", "vision" and "train" in models.py; "data", "env" and "ddp" in
 throughput.py.
@@ -14,16 +20,27 @@ throughput.py.
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from dplite.envs.options import run_command
 from dplite.policy.checkpoint import atomic_write
+from dplite.policy.onnx_denoiser import import_onnxruntime
 from dplite.policy.timing import machine
-from dplite.scripts.benchmark.models import bench_inference, bench_train, bench_vision
+from dplite.scripts.benchmark.models import (
+    BATCHES,
+    NETWORKS,
+    SAMPLERS,
+    bench_inference,
+    bench_train,
+    bench_vision,
+)
 from dplite.scripts.benchmark.throughput import bench_data, bench_ddp, bench_env
 
 SECTIONS = ("inference", "vision", "train", "data", "ddp", "env")
@@ -43,6 +60,15 @@ class Config:
     """torch threads (default: torch's choice, one per core)."""
     device: str = "cpu"
     """Device for the inference and train sections ('cuda' on a GPU machine)."""
+    backend: Literal["eager", "onnx"] = "eager"
+    """onnx: the inference section also times the onnx backend (ONNX Runtime, the 'onnx'
+    extra; CPU only) in every cell, next to plain and eager (the shipped fast layers)."""
+    networks: tuple[str, ...] = tuple(NETWORKS)
+    """Inference section: the networks timed."""
+    batches: tuple[int, ...] = BATCHES
+    """Inference section: the batch sizes timed."""
+    samplers: tuple[str, ...] = tuple(f"{s}:{k}" for s, k in SAMPLERS)
+    """Inference section: the samplers timed, as NAME:K (consistency: the distilled form)."""
     ddp_procs: tuple[int, ...] = (1, 2)
     """Process counts for the "ddp" section (each gets cores / N threads)."""
     ddp_steps: int = 200
@@ -52,6 +78,10 @@ class Config:
         unknown = sorted(set(self.sections) - set(SECTIONS))
         if unknown:
             raise ValueError(f"--sections: unknown {unknown}; choose from {list(SECTIONS)}")
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _table(title: str, rows: list[dict]) -> None:
@@ -71,14 +101,49 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _samplers(specs: tuple[str, ...]) -> list[tuple[str, int]]:
+    """--samplers NAME:K ... as (name, k) pairs; a malformed one is refused."""
+    pairs = []
+    for spec in specs:
+        name, _, k = spec.partition(":")
+        if name not in ("ddpm", "ddim", "consistency") or not k.isdigit() or int(k) < 1:
+            raise ValueError(
+                f"--samplers: {spec!r} is not NAME:K with NAME ddpm, ddim or consistency and K >= 1"
+            )
+        pairs.append((name, int(k)))
+    return pairs
+
+
 def main(cfg: Config) -> dict:
+    unknown = sorted(set(cfg.networks) - set(NETWORKS))
+    if unknown:
+        raise ValueError(f"--networks: unknown {unknown}; choose from {list(NETWORKS)}")
+    if not cfg.batches or min(cfg.batches) < 1:
+        raise ValueError(f"--batches must be >= 1, got {list(cfg.batches)}")
+    samplers = _samplers(cfg.samplers)
+    if cfg.backend == "onnx":  # refused before any section runs
+        if torch.device(cfg.device).type != "cpu":
+            raise ValueError(f"--backend onnx runs on the CPU, not --device {cfg.device}")
+        import_onnxruntime()  # names the extra to install
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    results: dict = {"machine": machine()}
+    # machine() has the date and torch's thread count; the hour tells runs of one day apart,
+    # and the load average whether other work shared the CPU
+    results: dict = {
+        "machine": {**machine(), "utc": _utc_now(), "load_average_1m": os.getloadavg()[0]}
+    }
+    if cfg.backend == "onnx":
+        results["machine"]["onnxruntime"] = import_onnxruntime().__version__
     print("machine:", ", ".join(f"{k}={v}" for k, v in results["machine"].items()))
     if "inference" in cfg.sections:
-        results["inference"] = bench_inference(cfg.repeats, cfg.device)
-        _table("predict_action latency (median ms, T=16, To=2, cond 40)", results["inference"])
+        results["inference"] = bench_inference(
+            cfg.repeats, cfg.device, cfg.backend, cfg.networks, cfg.batches, samplers
+        )
+        _table(
+            "predict_action latency (median ms, T=16, To=2, cond 40; MODE/plain: its ratio to "
+            "plain in the same cell)",
+            results["inference"],
+        )
     if "vision" in cfg.sections:
         results["vision"] = bench_vision(cfg.repeats, cfg.train_steps, cfg.device)
         _table(

@@ -5,12 +5,15 @@ change the cost)."""
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
+from collections.abc import Sequence
 
 import torch
 
-from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
+from dplite.policy.diffusion import Backend, DiffusionPolicy, PolicyConfig
 from dplite.policy.fast_layers import fast_paths_disabled
-from dplite.policy.timing import median_ms
+from dplite.policy.timing import interleaved_median_ms, median_ms
 
 # the reference PushT low-dim setting: keypoints (9, 2) + agent position, To = 2 -> cond 40
 OBS_SHAPES = {"keypoint": (9, 2), "agent_pos": (2,)}
@@ -42,58 +45,65 @@ def _policy(network: dict, distilled: bool = False) -> DiffusionPolicy:
     return DiffusionPolicy(cfg)
 
 
-def bench_inference(repeats: int, device: str = "cpu") -> list[dict]:
-    """predict_action latency: DDIM 5 (the default), DDIM 10 and DDPM 100 of a trained policy,
-    and 1 and 2 steps of its consistency-distilled form (the same network; weights do not
-    change the cost), for each of NETWORKS.
+# the inference section's cells: each network at each batch with each of these (sampler, k)
+BATCHES = (1, 50)
+SAMPLERS = (("ddim", 5), ("ddim", 10), ("ddpm", 100), ("consistency", 1), ("consistency", 2))
 
-    Modes: "eager" is predict_action as shipped (with the fast layers); "plain" the same call
-    with every fast path off (policy.fast_layers.fast_paths_disabled: the nn layers alone, the
-    baseline; batch 1, not DDPM); on CUDA, "graph" replays the loop as a CUDA graph
-    (DiffusionPolicy.use_cuda_graphs), captured in the warm-up call."""
-    modes = (
-        ("plain", "eager", "graph") if torch.device(device).type == "cuda" else ("plain", "eager")
-    )
+
+def bench_inference(
+    repeats: int,
+    device: str = "cpu",
+    backend: Backend = "eager",
+    networks: Sequence[str] | None = None,
+    batches: Sequence[int] = BATCHES,
+    samplers: Sequence[tuple[str, int]] | None = None,
+) -> list[dict]:
+    """predict_action latency: by default DDIM 5 (the default), DDIM 10 and DDPM 100 of a
+    trained policy, and 1 and 2 steps of its consistency-distilled form (the same network;
+    weights do not change the cost), for each of `networks` (names of NETWORKS, default all) at
+    each batch size; `samplers` (default SAMPLERS) picks other (sampler, k).
+
+    One row per cell, with the median ms of each mode and each mode's ratio to "plain", the
+    modes timed in turns in this process (policy.timing.interleaved_median_ms: a busy machine
+    slows them alike): "plain" is the same call with every fast path off
+    (policy.fast_layers.fast_paths_disabled: the nn layers alone, the baseline); "eager" is
+    predict_action as shipped (with the fast layers); "onnx" (with backend "onnx") the onnx
+    backend (DiffusionPolicy.use_backend), exported in the warm-up call; on CUDA, "graph"
+    replays the loop as a CUDA graph (DiffusionPolicy.use_cuda_graphs), captured in the
+    warm-up call."""
+    cuda = torch.device(device).type == "cuda"
     rows = []
-    for name, network in NETWORKS.items():
-        policies = {
+    for name in NETWORKS if networks is None else networks:
+        network = NETWORKS[name]
+        eager = {
             "diffusion": _policy(network).to(device).eval(),
             "distilled": _policy(network, distilled=True).to(device).eval(),
         }
-        for batch in (1, 50):
+        # one policy per mode; onnx and graph on copies that keep their export / capture
+        policies = {"plain": eager, "eager": eager}
+        if backend == "onnx":
+            policies["onnx"] = {k: copy.deepcopy(p).use_backend("onnx") for k, p in eager.items()}
+        if cuda:
+            policies["graph"] = {k: copy.deepcopy(p).use_cuda_graphs() for k, p in eager.items()}
+        for batch in batches:
             obs = {k: torch.randn(batch, 2, *s, device=device) for k, s in OBS_SHAPES.items()}
-            for sampler, k in (
-                ("ddim", 5),
-                ("ddim", 10),
-                ("ddpm", 100),
-                ("consistency", 1),
-                ("consistency", 2),
-            ):
-                policy = policies["distilled" if sampler == "consistency" else "diffusion"]
+            for sampler, k in SAMPLERS if samplers is None else samplers:
+                kind = "distilled" if sampler == "consistency" else "diffusion"
                 reps = repeats if k <= 10 or batch == 1 else max(1, repeats // 3)
 
-                def call(policy=policy, obs=obs, sampler=sampler, k=k):
-                    return policy.predict_action(obs, sampler, k)
-
-                for mode in modes:
-                    if mode == "plain" and (batch > 1 or sampler == "ddpm"):
-                        continue
-                    policy.use_cuda_graphs(mode == "graph")
+                def call(mode: str, policy=None, obs=obs, sampler=sampler, k=k):
                     switch = fast_paths_disabled() if mode == "plain" else contextlib.nullcontext()
                     with switch:
-                        ms = median_ms(call, reps, warmup=1)
-                    policy.use_cuda_graphs(False)
-                    rows.append(
-                        {
-                            "model": name,
-                            "batch": batch,
-                            "sampler": sampler,
-                            "k": k,
-                            "mode": mode,
-                            "ms": ms,
-                            "target_ms": LATENCY_TARGET_MS.get((name, batch, sampler, k)),
-                        }
-                    )
+                        return policy.predict_action(obs, sampler, k)
+
+                calls = {m: functools.partial(call, m, p[kind]) for m, p in policies.items()}
+                ms = interleaved_median_ms(calls, reps, warmup=1)
+                row: dict = {"model": name, "batch": batch, "sampler": sampler, "k": k}
+                row.update({f"{m}_ms": v for m, v in ms.items()})
+                row.update({f"{m}/plain": v / ms["plain"] for m, v in ms.items() if m != "plain"})
+                row["target_ms"] = LATENCY_TARGET_MS.get((name, batch, sampler, k))
+                rows.append(row)
+        del policies  # the onnx sessions' copies of the weights, the captured graphs
     return rows
 
 
@@ -179,4 +189,4 @@ def bench_train(steps: int, device: str = "cpu") -> list[dict]:
     return rows
 
 
-__all__ = ["bench_inference", "bench_train", "bench_vision"]
+__all__ = ["BATCHES", "NETWORKS", "SAMPLERS", "bench_inference", "bench_train", "bench_vision"]

@@ -1,0 +1,54 @@
+"""dp-benchmark's inference section: every cell times plain, eager and (with --backend onnx)
+onnx back to back and reports each one's ratio to plain; the JSON records the machine, the
+date and the thread count. Tiny networks stand in for the real ones (the cost is not tested
+here, only what is measured and recorded)."""
+
+import json
+
+import pytest
+import torch
+import tyro
+
+from dplite.scripts import benchmark
+from dplite.scripts.benchmark import models
+
+TINY = {"tiny unet": {"down_dims": (8, 16, 32), "diffusion_step_embed_dim": 8}}
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """--threads sets torch's thread count for the whole process: put it back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_every_cell_times_plain_and_reports_ratios(monkeypatch, tmp_path, backend):
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(models, "NETWORKS", TINY)
+    monkeypatch.setattr(benchmark, "NETWORKS", TINY)
+    out = tmp_path / "bench.json"
+    args = ["--sections", "inference", "--repeats", "1", "--threads", "1", "--backend", backend,
+            "--networks", "tiny unet", "--samplers", "ddim:2", "consistency:1",
+            "--json", str(out)]  # fmt: skip
+    benchmark.main(tyro.cli(benchmark.Config, args=args))
+    results = json.loads(out.read_text())
+    machine = results["machine"]
+    assert machine["threads"] == 1 and machine["date"] and machine["cpu"]
+    assert machine["utc"].startswith(machine["date"]) and machine["load_average_1m"] >= 0
+    rows = results["inference"]
+    cells = {(r["model"], r["batch"], r["sampler"], r["k"]) for r in rows}
+    samplers = [("ddim", 2), ("consistency", 1)]
+    assert cells == {
+        ("tiny unet", b, s, k) for b in models.BATCHES for s, k in samplers
+    }  # one row per cell, every batch size
+    modes = ["eager", "onnx"] if backend == "onnx" else ["eager"]
+    for r in rows:
+        assert r["plain_ms"] > 0
+        for mode in modes:
+            assert r[f"{mode}/plain"] == pytest.approx(r[f"{mode}_ms"] / r["plain_ms"])
+    assert ("onnx_ms" in rows[0]) == (backend == "onnx")
+    if backend == "onnx":
+        assert machine["onnxruntime"]
