@@ -57,12 +57,14 @@ OPSET = 17  # the newest the TorchScript exporter writes for every torch the pro
 
 def import_onnxruntime():
     """onnxruntime, or a ValueError naming the extra that installs it (a user's choice of
-    backend is the input at fault, so the commands report it as one)."""
+    backend is the input at fault, so the commands report it as one). The onnx package is
+    checked too: torch's exporter imports it to finish the model."""
     try:
+        import onnx  # noqa: F401 -- needed by torch.onnx.export, checked before it runs
         import onnxruntime
     except ImportError as e:
         raise ValueError(
-            f"the onnx backend needs onnxruntime, which is not installed ({e}); "
+            f"the onnx backend needs onnxruntime and onnx, which are not installed ({e}); "
             f"install the 'onnx' extra: {INSTALL_HINT}"
         ) from None
     return onnxruntime

@@ -27,6 +27,7 @@ def _restore_threads():
 def test_every_cell_times_plain_and_reports_ratios(monkeypatch, tmp_path, backend):
     if backend == "onnx":
         pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnx")  # torch's exporter imports it
     monkeypatch.setattr(models, "NETWORKS", TINY)
     monkeypatch.setattr(benchmark, "NETWORKS", TINY)
     out = tmp_path / "bench.json"
