@@ -16,17 +16,7 @@ import torch
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     """Median wall time of `repeats` calls of fn in ms, after `warmup` untimed calls."""
-    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()  # CUDA runs asynchronously: time the work, not the launch
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return interleaved_median_ms({"fn": fn}, repeats, warmup)["fn"]
 
 
 def interleaved_median_ms(
@@ -45,7 +35,7 @@ def interleaved_median_ms(
             sync()
             t0 = time.perf_counter()
             fn()
-            sync()
+            sync()  # CUDA runs asynchronously: time the work, not the launch
             times[name].append((time.perf_counter() - t0) * 1000)
     return {name: statistics.median(ts) for name, ts in times.items()}
 

@@ -164,9 +164,9 @@ class Config:
             ChunkExecution(self.execution, self.latency_steps)
         except ValueError as e:
             raise ValueError(f"--execution / --latency-steps: {e}") from None
-        ta = self.n_action_steps or TRAIN_ACTION_STEPS
         if self.n_action_steps is not None and self.n_action_steps < 1:
             raise ValueError(f"--n-action-steps must be >= 1, got {self.n_action_steps}")
+        ta = self.n_action_steps or TRAIN_ACTION_STEPS
         if self.latency_steps > ta:
             raise ValueError(
                 f"--latency-steps {self.latency_steps} > Ta = {ta}: each chunk would be asked "

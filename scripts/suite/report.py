@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -240,10 +241,7 @@ def mean_rows(rows: list[dict]) -> list[dict]:
             }
         )
         if any("success_by_outcome" in r for r in group):  # pooled counts, like the CI
-            pooled: dict[str, int] = {}
-            for r in group:
-                for outcome, count in r.get("success_by_outcome", {}).items():
-                    pooled[outcome] = pooled.get(outcome, 0) + count
+            pooled = sum((Counter(r.get("success_by_outcome", {})) for r in group), Counter())
             means[-1]["success_by_outcome"] = dict(sorted(pooled.items()))
         anchor = mean_anchor(group)
         if anchor is not None:
