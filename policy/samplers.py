@@ -54,6 +54,9 @@ class Prefix:
       x0_hat = (x_t + (1 - ab_t) score) / sqrt(ab_t) that moves the x_0 estimate by
       w_t J^T W (y - x0_hat) with w_t = 1 / sqrt(ab_t), clipped at ``max_guidance`` as the paper
       clips its weight; the step then runs on the eps consistent with the moved estimate.
+      x0_hat is the clipped estimate the step itself uses (when the schedule clips): an
+      epsilon network's unclipped estimate divides its error by sqrt(ab_t), which vanishes at
+      the noisiest steps, and guiding through it wrecked the chunk there.
       One vector-Jacobian product (a backward pass through the network) per step. Near the
       data J -> I and w_t -> 1: the last steps replace x0_hat by W y + (1 - W) x0_hat.
     - "inpaint" (replacement, as in RePaint / Diffuser): after each step the weighted rows are
@@ -98,9 +101,17 @@ class Prefix:
         """The network's eps at (x, t), replaced by the eps whose x_0 estimate is guided."""
         ab_t = policy.schedule.alphas_cumprod.to(x.device)[t].reshape(-1, 1, 1)  # (1, 1, 1)
 
+        sched = policy.schedule
+
         def fn(xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # inputs cloned: autograd
             eps = policy.net(xg, t.clone(), cond.clone())  # (B, T, Da)
-            return policy.schedule.predict_x0(eps, t.clone(), xg), eps  # x0_hat unclipped
+            x0 = sched.predict_x0(eps, t.clone(), xg)  # (B, T, Da)
+            # the estimate the step will use: clipped, so its Jacobian is zero where it clips.
+            # Unclipped, eq. 15 divides the network's error by sqrt(ab_t) (5e-4 at t = K - 1
+            # of the cosine schedule), and J^T W (y - x0_hat) moved a PushT chunk by 1e5
+            if sched.clip_sample:
+                x0 = x0.clamp(-sched.clip_sample_range, sched.clip_sample_range)
+            return x0, eps
 
         eps, move = self.correction(fn, x, ab_t)  # (B, T, Da) each
         # x_t = sqrt(ab) x0 + sqrt(1 - ab) eps (DDPM eq. 4): moving x0 by `move` at fixed x_t

@@ -369,6 +369,36 @@ def test_a_frozen_prefix_draws_the_rest_of_the_chunk_into_its_mode(sampler, k):
     assert negative(prefix=prefix, prefix_mode="inpaint") > 0.8
 
 
+class TwoModesWithError(TwoModes):
+    """TwoModes plus the kind of error a trained network makes: a small eps error shared by
+    the rows (0.1 x the chunk's mean). Eq. 15 divides it by sqrt(ab_t), ~5e-4 at the first
+    trailing step, so the unclipped x_0 estimate there is off by tens of units."""
+
+    def forward(self, x, t, cond):
+        return super().forward(x, t, cond) + 0.1 * x.mean(dim=(1, 2), keepdim=True)
+
+
+@pytest.mark.parametrize("sampler,k", [("ddim", 5), ("ddpm", 20)])
+def test_guidance_survives_an_imperfect_network_at_pure_noise(sampler, k):
+    """Guidance goes through the clipped x_0 estimate the step uses. Through the unclipped one,
+    J^T W (y - x0_hat) at t = K - 1 moved the estimate by ~5e4 and DDIM's chunks ended away
+    from the mode's mean (a trained PushT policy's chunks off by ~100 px)."""
+    policy = _policy()
+    policy.net = TwoModesWithError(policy.schedule.alphas_cumprod)
+    B = 200
+    obs = {"s": torch.zeros(B, 2, 2)}
+    prefix = torch.full((B, 3, 2), -0.5)
+    gen = torch.Generator().manual_seed(0)
+    free = policy.predict_action(obs, sampler, k, generator=gen)["action_pred"][:, 3:]
+    gen = torch.Generator().manual_seed(0)
+    out = policy.predict_action(obs, sampler, k, generator=gen, prefix=prefix)["action_pred"]
+    guided = out[:, 3:]  # (B, T - 3, Da), raw = normalized here (identity normalizer)
+    assert (guided.mean(dim=(1, 2)) < 0).float().mean() > 0.85  # the prefix's mode
+    # in the mode, near its mean -0.5 like the unguided chunks are near theirs (+-0.5)
+    assert (guided.abs() - 0.5).abs().mean() < 0.1
+    assert (free.abs() - 0.5).abs().mean() < 0.1
+
+
 def test_the_actor_shifts_the_prefix_to_the_newest_observation():
     policy = _policy()
     actor = PolicyActor(policy, "ddim", 2)
