@@ -5,7 +5,8 @@
 Reads every dp-eval results JSON in the folder (as written by latency_sweep.sh), prints a
 markdown table (mode, d, success with its 95 % CI, boundary and within-chunk jerk) and draws
 two panels: success rate and boundary jerk (within-chunk jerk dotted) against d; sync, which d
-does not change, is a dashed reference line.
+does not change, is a dashed reference line. A mode without its own d = 0 run starts from
+sync's: with no delay every mode executes exactly the same actions.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def main() -> None:
     print("| mode | d | success (95% CI) | boundary jerk | within jerk |")
     print("|---|---|---|---|---|")
     fig, (ax_s, ax_j) = plt.subplots(1, 2, figsize=(10, 4))
+    no_delay = [r for r in lines.get("sync", []) if r["latency_steps"] == 0]
     for name, rows in sorted(lines.items()):
+        if name != "sync" and no_delay and all(r["latency_steps"] != 0 for r in rows):
+            rows.append(no_delay[0])  # printed in the table under sync only
         rows.sort(key=lambda r: r["latency_steps"])
         d = [r["latency_steps"] for r in rows]
         rate = [r["success_rate"] for r in rows]
@@ -56,6 +60,8 @@ def main() -> None:
             (line,) = ax_j.plot(d, [r["boundary_jerk"] for r in rows], marker="o", label=name)
             ax_j.plot(d, [r["within_jerk"] for r in rows], ls=":", color=line.get_color())
         for r in rows:
+            if name != "sync" and r["execution"] == "sync":
+                continue
             ci = r["success_ci95"]
             print(
                 f"| {name} | {r['latency_steps']} | {r['success_rate']:.2f} "
