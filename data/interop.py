@@ -10,8 +10,11 @@ is replaced only when asked, and only after the new one is complete.
 `EpisodeWriter` fills a new dataset in the layout, chunking and codecs of
 `ReplayBuffer.add_episode`, but writes a block of several episodes at a time (about 32 MiB)
 instead of one: per-episode writes spend most of their time resizing arrays and rereading
-their metadata, and a whole conversion is all-or-nothing anyway (the staged folder). The
-finished dataset is opened with `ReplayBuffer.open`, which checks it against the data contract.
+their metadata, and a whole conversion is all-or-nothing anyway (the staged folder). Its image
+arrays keep their chunks of a few frames inside shards of IMAGE_SHARD_FRAMES frames (one file
+each, written once): zarr's cost per chunk file, not the codec, dominated the writes of 84 px
+frames. The finished dataset is opened with `ReplayBuffer.open`, which checks it against the
+data contract.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ from typing import Any
 import numpy as np
 import zarr
 
-from dplite.data.replay_buffer import LOWDIM_CHUNK_ROWS, ReplayBuffer, create_step_array
+from dplite.data.replay_buffer import (
+    IMAGE_SHARD_FRAMES,
+    LOWDIM_CHUNK_ROWS,
+    ReplayBuffer,
+    create_step_array,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,23 +159,31 @@ class EpisodeWriter:
         for k, v in episode.items():
             self._spec[k] = (tuple(v.shape[1:]), v.dtype)
             self._buffer[k] = []
-            create_step_array(data, k, v.shape[1:], v.dtype, self._compressors)
+            create_step_array(data, k, v.shape[1:], v.dtype, self._compressors, shard_images=True)
         self._meta = {k: [] for k in meta}
 
-    def _flush(self) -> None:
-        end = self.n_steps
-        if end == self._written:
+    def _flush(self, last: bool = False) -> None:
+        """Write the buffered rows; before the last flush only up to a shard boundary (the
+        rest stays buffered), so that no image shard is written twice."""
+        end = self.n_steps if last else self.n_steps // IMAGE_SHARD_FRAMES * IMAGE_SHARD_FRAMES
+        if end <= self._written:
             return
         data = self._root["data"]
-        for k, parts in self._buffer.items():
-            arr = data[k]
-            arr.resize((end, *arr.shape[1:]))
-            arr[self._written : end] = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            parts.clear()
-        self._written, self._buffered = end, 0
+        n = end - self._written
+        # zarr hands chunks to its codecs in batches of this many (1 by default): less
+        # per-chunk overhead for the 100 chunks of a shard
+        with zarr.config.set({"codec_pipeline.batch_size": 32}):
+            for k, parts in self._buffer.items():
+                rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                arr = data[k]
+                arr.resize((end, *arr.shape[1:]))
+                arr[self._written : end] = rows[:n]
+                parts[:] = [rows[n:]] if len(rows) > n else []
+        self._buffered = sum(p.nbytes for parts in self._buffer.values() for p in parts)
+        self._written = end
 
     def close(self) -> ReplayBuffer:
-        self._flush()
+        self._flush(last=True)
         meta = self._root["meta"]
         for k, values in self._meta.items():
             dtype = (

@@ -42,6 +42,9 @@ LOWDIM_CHUNK_BYTES = 4 << 20
 # window of T frames decodes little it does not use.
 IMAGE_ROW_BYTES = 4096
 IMAGE_CHUNK_FRAMES = 4
+# Writers of whole datasets (the importers) group image chunks into shards of this many frames:
+# one file per shard instead of per chunk. Reads still decode single chunks.
+IMAGE_SHARD_FRAMES = 400
 # Rows are scanned for NaN/inf in blocks of about this many bytes (bounded memory).
 SCAN_BLOCK_BYTES = 64 << 20
 
@@ -79,17 +82,24 @@ def create_step_array(
     feature_shape: tuple[int, ...],
     dtype: np.dtype,
     compressors: Any,
+    shard_images: bool = False,
 ) -> zarr.Array:
     """An empty per-step data array (0, *feature_shape), chunked along time by chunk_rows:
-    the layout of every dataset, whoever writes it."""
+    the layout of every dataset, whoever writes it. shard_images (zarr v3 only): image-like
+    arrays store their chunks in shards of IMAGE_SHARD_FRAMES frames, for writers that append
+    many frames at a time (a shard is rewritten whole when rows are added to it)."""
     rows = chunk_rows(dtype, feature_shape)
+    shard = shard_images and rows == IMAGE_CHUNK_FRAMES
     return group.create_array(
         name,
         shape=(0, *feature_shape),
         chunks=(rows, *feature_shape),
+        shards=(IMAGE_SHARD_FRAMES, *feature_shape) if shard else None,
         dtype=dtype,
         fill_value=0,
         compressors=compressors,
+        # every chunk is written: comparing each with the fill value costs more than it saves
+        config={"write_empty_chunks": True},
     )
 
 
