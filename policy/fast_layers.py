@@ -26,8 +26,10 @@ events drops it, never by watching the weights' version counters:
 - `train()` / `eval()`: entering eval mode always starts from the current weights;
 - `load_state_dict` (a post hook; it also runs when a parent module loads);
 - `.to()`, `.float()`, `.cpu()`... (every `_apply`, as nn.RNN re-flattens its weights there);
-- a forward pass that needs autograd: the weights are being trained, so a normal optimizer
-  loop never finds an old copy, even in eval mode;
+- a forward pass that needs the weights' gradients: they are being trained, so a normal
+  optimizer loop never finds an old copy, even in eval mode. A pass that needs only the input's
+  gradient (real-time chunking's guidance runs with the weights frozen) takes the nn path and
+  keeps the cache;
 - `refresh_fast_paths(module)`: EMA.update calls it after averaging in place.
 
 Off switch. Inside `fast_paths_disabled()` every layer is exactly its nn parent, whatever the
@@ -153,12 +155,13 @@ def refresh_fast_paths(module: nn.Module) -> None:
 def _fast_call_ok(layer: nn.Module, x: torch.Tensor, rows: int) -> bool:
     """Whether `layer` (a conv or linear FastPath) may take its fast path for input x.
 
-    A call that needs autograd also drops the layer's cache (see the module docstring).
+    A call that needs the weights' gradients also drops the layer's cache (module docstring).
     """
     w = layer.weight
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        layer.refresh_fast_path()  # being trained: a kept copy would miss the next step
-        return False
+        if w.requires_grad:
+            layer.refresh_fast_path()  # being trained: a kept copy would miss the next step
+        return False  # the fast paths have no backward
     return (
         _switch["on"]
         and not layer.training
@@ -361,8 +364,9 @@ class BatchedFiLM(FastPath):
         """cond (B, cond_dim) -> per Linear its output on Mish(cond), (B, O_i), or None."""
         params = [p for lin in self.linears for p in (lin.weight, lin.bias)]
         if torch.is_grad_enabled() and (cond.requires_grad or any(p.requires_grad for p in params)):
-            self.refresh_fast_path()  # being trained: a kept copy would miss the next step
-            return [None] * len(self.linears)
+            if any(p.requires_grad for p in params):
+                self.refresh_fast_path()  # being trained: a kept copy would miss the next step
+            return [None] * len(self.linears)  # the fast path has no backward
         if self.training or not _switch["on"]:
             return [None] * len(self.linears)
         w_t, b = self.derived(

@@ -22,12 +22,14 @@ et al. 2025, arXiv 2506.07339), enforced by guidance or by inpainting in every s
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:  # a type only: diffusion.py imports this module
     from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
@@ -37,6 +39,20 @@ PrefixMode = Literal["guidance", "inpaint"]
 PREFIX_MODES: tuple[str, ...] = ("guidance", "inpaint")
 RTC_MAX_GUIDANCE = 5.0
 """beta, the clip of the guidance weight (the RTC paper's value)."""
+
+
+@contextlib.contextmanager
+def _weights_frozen(module: nn.Module) -> Iterator[None]:
+    """requires_grad off on every weight of `module` for the block: guidance needs the input's
+    gradient only, so autograd records less and the fast layers keep their caches."""
+    thawed = [p for p in module.parameters() if p.requires_grad]
+    for p in thawed:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in thawed:
+            p.requires_grad_(True)
 
 
 @dataclass
@@ -83,10 +99,12 @@ class Prefix:
         fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         x: torch.Tensor,
         ab_t: torch.Tensor,
+        module: nn.Module,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """fn(x) -> (x0_hat, out) run with autograd on; returns (out, the move of the x_0
-        estimate w_t J^T W (y - x0_hat)), both (B, T, Da) (class doc)."""
-        with torch.inference_mode(False), torch.enable_grad():
+        """fn(x) -> (x0_hat, out) run with autograd on, the weights of `module` (the network
+        fn runs) frozen; returns (out, the move of the x_0 estimate w_t J^T W (y - x0_hat)),
+        both (B, T, Da) (class doc)."""
+        with torch.inference_mode(False), torch.enable_grad(), _weights_frozen(module):
             # clones: tensors made in inference mode cannot enter autograd
             xg = x.clone().requires_grad_(True)  # (B, T, Da)
             x0, out = fn(xg)  # (B, T, Da) each
@@ -113,7 +131,7 @@ class Prefix:
                 x0 = x0.clamp(-sched.clip_sample_range, sched.clip_sample_range)
             return x0, eps
 
-        eps, move = self.correction(fn, x, ab_t)  # (B, T, Da) each
+        eps, move = self.correction(fn, x, ab_t, policy.net)  # (B, T, Da) each
         # x_t = sqrt(ab) x0 + sqrt(1 - ab) eps (DDPM eq. 4): moving x0 by `move` at fixed x_t
         # moves eps by -sqrt(ab / (1 - ab)) move (rows without guidance keep eps exactly)
         return eps - (ab_t / (1 - ab_t)).sqrt() * move  # (B, T, Da)
@@ -366,7 +384,7 @@ class Consistency(BaseSampler):
                 x0 = policy.consistency_fn(xg, t.clone(), cond.clone())  # (B, T, Da)
                 return x0, x0
 
-            x0, move = self.prefix.correction(fn, x, ab_t)
+            x0, move = self.prefix.correction(fn, x, ab_t, policy)
             x = x0 + move  # (B, T, Da)
         else:
             x = policy.consistency_fn(x, t, cond)  # (B, T, Da)

@@ -430,3 +430,20 @@ def test_eval_records_the_execution_and_the_jerk(toy_policy, tmp_path):
     assert records["rtc", 2]["boundary_jerk"] != records["sync", 0]["boundary_jerk"]
     with pytest.raises(ValueError, match="latency_steps must be >= 0, got -1"):
         eval_script.Config(checkpoint=path, latency_steps=-1)
+
+
+def test_guidance_keeps_the_fast_layers_caches_and_the_weights_trainable():
+    """Guidance needs the gradient w.r.t. the sample only: it runs with the weights frozen, so
+    the fast layers' derived weights survive it (a training pass would drop them) and
+    requires_grad is back on afterwards."""
+    from dplite.policy.fast_layers import FastPath
+
+    policy = _policy()
+    obs = {"s": torch.randn(1, 2, 2)}
+    policy.predict_action(obs, "ddim", 3)  # builds the caches
+    layers = [m for m in policy.modules() if isinstance(m, FastPath)]
+    before = [m._fast for m in layers]
+    assert sum(c is not None for c in before) > 0
+    policy.predict_action(obs, "ddim", 3, prefix=torch.zeros(1, 3, 2), prefix_mode="guidance")
+    assert all(m._fast is c for m, c in zip(layers, before, strict=True))
+    assert all(p.requires_grad for p in policy.parameters())
