@@ -1,7 +1,8 @@
 """dp-benchmark's inference section: every cell times plain, eager and (with --backend onnx)
-onnx back to back and reports each one's ratio to plain; the JSON records the machine, the
-date and the thread count. Tiny networks stand in for the real ones (the cost is not tested
-here, only what is measured and recorded)."""
+onnx back to back and reports each one's ratio to plain (rtc calls: to eager); the JSON records
+the machine, the date and the thread count. Tiny networks stand in for the real ones (the cost
+is not tested here, only what is measured and recorded). The interop section: one row per
+conversion, its rates consistent with its times."""
 
 import json
 
@@ -53,3 +54,32 @@ def test_every_cell_times_plain_and_reports_ratios(monkeypatch, tmp_path, backen
     assert ("onnx_ms" in rows[0]) == (backend == "onnx")
     if backend == "onnx":
         assert machine["onnxruntime"]
+
+
+def test_rtc_cells_time_the_prefixed_call_against_eager(monkeypatch):
+    monkeypatch.setattr(models, "NETWORKS", TINY)
+    rows = models.bench_inference(
+        1, networks=["tiny unet"], batches=[1], samplers=[("ddim", 2), ("consistency", 1)], rtc=True
+    )
+    by_sampler = {r["sampler"]: r for r in rows}
+    ddim = by_sampler["ddim"]
+    for method in ("guidance", "inpaint"):
+        mode = f"rtc-{method}"
+        assert ddim[f"{mode}/eager"] == pytest.approx(ddim[f"{mode}_ms"] / ddim["eager_ms"])
+        assert f"{mode}/plain" not in ddim
+    assert not any(k.startswith("rtc-") for k in by_sampler["consistency"])  # distilled: none
+
+
+def test_interop_section_times_each_conversion_in_its_own_process(monkeypatch):
+    pytest.importorskip("h5py")
+    pytest.importorskip("av")
+    pytest.importorskip("pyarrow")
+    from dplite.scripts.benchmark import interop
+
+    monkeypatch.setattr(interop, "FRAME_POOL", 8)  # fewer rendered frames: a quicker test
+    rows = interop.bench_interop(n_episodes=3, length=6, size=64)
+    assert [r["conversion"] for r in rows] == ["import robomimic", "export lerobot", "import lerobot"]
+    for r in rows:
+        assert r["frames"] == 18
+        assert r["CPU s"] > 0 and 0 < r["peak MB"] < 4096
+        assert r["frames per CPU s"] == pytest.approx(18 / r["CPU s"])

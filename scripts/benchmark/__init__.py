@@ -7,15 +7,18 @@ count, date, UTC time and load average) as JSON. Numbers are measured here, ever
 project's targets are printed beside them for comparison only. Run it on a quiet machine:
 another busy process makes the numbers noise.
 The "ddp" section (not in the default set) trains the quickstart UNet for a few hundred steps
-on a synthetic dataset with 1 process and under torchrun with 2 and reports samples/s.
+on a synthetic dataset with 1 process and under torchrun with 2 and reports samples/s. The
+"interop" section (not in the default set either; the "interop" extra) times the dataset
+conversions, robomimic and LeRobot in and LeRobot out, on a synthetic 2-camera dataset.
 
 The "inference" section times every cell (network, batch, sampler, k) as "plain" (the nn
 layers alone), "eager" (the shipped fast layers) and, with --backend onnx, "onnx" (ONNX
 Runtime, the "onnx" extra), in turns, and prints each one's ratio to plain; --networks,
---batches and --samplers choose the cells.
+--batches and --samplers choose the cells. --rtc adds real-time chunking's calls to the DDIM
+and DDPM cells, as ratios to eager.
 
 Sections: "inference", "vision" and "train" in models.py; "data", "env" and "ddp" in
-throughput.py.
+throughput.py; "interop" in interop.py.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dplite.envs.options import run_command
 from dplite.policy.checkpoint import atomic_write
 from dplite.policy.onnx_denoiser import import_onnxruntime
 from dplite.policy.timing import machine
+from dplite.scripts.benchmark.interop import bench_interop
 from dplite.scripts.benchmark.models import (
     BATCHES,
     NETWORKS,
@@ -43,7 +47,7 @@ from dplite.scripts.benchmark.models import (
 )
 from dplite.scripts.benchmark.throughput import bench_data, bench_ddp, bench_env
 
-SECTIONS = ("inference", "vision", "train", "data", "ddp", "env")
+SECTIONS = ("inference", "vision", "train", "data", "ddp", "env", "interop")
 
 
 @dataclass
@@ -51,7 +55,8 @@ class Config:
     json: Path | None = None
     """Write all results here."""
     sections: tuple[str, ...] = ("inference", "vision", "train", "data", "env")
-    """Which benchmarks to run (also "ddp": 1 vs N training processes)."""
+    """Which benchmarks to run (also "ddp": 1 vs N training processes; "interop": the dataset
+    conversions)."""
     repeats: int = 7
     """Timed repetitions per inference case (the median is reported)."""
     train_steps: int = 5
@@ -69,6 +74,9 @@ class Config:
     """Inference section: the batch sizes timed."""
     samplers: tuple[str, ...] = tuple(f"{s}:{k}" for s, k in SAMPLERS)
     """Inference section: the samplers timed, as NAME:K (consistency: the distilled form)."""
+    rtc: bool = False
+    """Inference section: also time real-time chunking's call (a prefix of 4 frozen and 4 soft
+    actions, by guidance and by inpainting) in the DDIM and DDPM cells, as a ratio to eager."""
     ddp_procs: tuple[int, ...] = (1, 2)
     """Process counts for the "ddp" section (each gets cores / N threads)."""
     ddp_steps: int = 200
@@ -137,7 +145,7 @@ def main(cfg: Config) -> dict:
     print("machine:", ", ".join(f"{k}={v}" for k, v in results["machine"].items()))
     if "inference" in cfg.sections:
         results["inference"] = bench_inference(
-            cfg.repeats, cfg.device, cfg.backend, cfg.networks, cfg.batches, samplers
+            cfg.repeats, cfg.device, cfg.backend, cfg.networks, cfg.batches, samplers, cfg.rtc
         )
         _table(
             "predict_action latency (median ms, T=16, To=2, cond 40; MODE/plain: its ratio to "
@@ -164,6 +172,13 @@ def main(cfg: Config) -> dict:
     if "env" in cfg.sections:
         results["env"] = bench_env()
         _table("env steps/s (random actions)", results["env"])
+    if "interop" in cfg.sections:
+        results["interop"] = bench_interop()
+        _table(
+            "dataset conversions: 200 episodes x 40 steps, two 84 px cameras (target: import "
+            ">= 2,000 frames/s, export >= 500, peak <= 1 GiB)",
+            results["interop"],
+        )
     if cfg.json is not None:
         atomic_write(cfg.json, json.dumps(results, indent=2))
         print(f"\nwrote {cfg.json}")

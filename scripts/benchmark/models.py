@@ -57,6 +57,7 @@ def bench_inference(
     networks: Sequence[str] | None = None,
     batches: Sequence[int] = BATCHES,
     samplers: Sequence[tuple[str, int]] | None = None,
+    rtc: bool = False,
 ) -> list[dict]:
     """predict_action latency: by default DDIM 5 (the default), DDIM 10 and DDPM 100 of a
     trained policy, and 1 and 2 steps of its consistency-distilled form (the same network;
@@ -70,7 +71,9 @@ def bench_inference(
     predict_action as shipped (with the fast layers); "onnx" (with backend "onnx") the onnx
     backend (DiffusionPolicy.use_backend), exported in the warm-up call; on CUDA, "graph"
     replays the loop as a CUDA graph (DiffusionPolicy.use_cuda_graphs), captured in the
-    warm-up call."""
+    warm-up call. With `rtc`, the DDIM and DDPM cells also time real-time chunking's call
+    ("rtc-guidance", "rtc-inpaint": predict_action with RTC_PREFIX_WEIGHTS) and report its
+    ratio to "eager", the same call without a prefix."""
     cuda = torch.device(device).type == "cuda"
     rows = []
     for name in NETWORKS if networks is None else networks:
@@ -97,14 +100,37 @@ def bench_inference(
                         return policy.predict_action(obs, sampler, k)
 
                 calls = {m: functools.partial(call, m, p[kind]) for m, p in policies.items()}
+                if rtc and kind == "diffusion":
+                    for method in ("guidance", "inpaint"):
+                        calls[f"rtc-{method}"] = functools.partial(
+                            _rtc_call, eager[kind], obs, sampler, k, method
+                        )
                 ms = interleaved_median_ms(calls, reps, warmup=1)
                 row: dict = {"model": name, "batch": batch, "sampler": sampler, "k": k}
                 row.update({f"{m}_ms": v for m, v in ms.items()})
-                row.update({f"{m}/plain": v / ms["plain"] for m, v in ms.items() if m != "plain"})
+                for m, v in ms.items():  # rtc against the same call without a prefix
+                    if m != "plain":
+                        base = "eager" if m.startswith("rtc-") else "plain"
+                        row[f"{m}/{base}"] = v / ms[base]
                 row["target_ms"] = LATENCY_TARGET_MS.get((name, batch, sampler, k))
                 rows.append(row)
         del policies  # the onnx sessions' copies of the weights, the captured graphs
     return rows
+
+
+# the prefix of an rtc call at delay d = 4 with 4 blend steps, To = 2: the row before the
+# newest observation free, 4 frozen rows, 4 soft ones (envs.rollout.rtc_prefix_weights' shape)
+RTC_PREFIX_WEIGHTS = (0.0, 1.0, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2)
+
+
+def _rtc_call(
+    policy: DiffusionPolicy, obs: dict, sampler: str, k: int, method: str
+) -> dict[str, torch.Tensor]:
+    batch = next(iter(obs.values())).shape[0]
+    prefix = torch.zeros(batch, len(RTC_PREFIX_WEIGHTS), policy.cfg.action_dim)
+    return policy.predict_action(
+        obs, sampler, k, prefix=prefix, prefix_weights=RTC_PREFIX_WEIGHTS, prefix_mode=method
+    )
 
 
 def bench_vision(repeats: int, steps: int, device: str = "cpu") -> list[dict]:
