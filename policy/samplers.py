@@ -103,13 +103,17 @@ class Prefix:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """fn(x) -> (x0_hat, out) run with autograd on, the weights of `module` (the network
         fn runs) frozen; returns (out, the move of the x_0 estimate w_t J^T W (y - x0_hat)),
-        both (B, T, Da) (class doc)."""
+        both (B, T, Da) (class doc). An x0_hat detached by fn means a zero gradient: the
+        backward pass is skipped."""
         with torch.inference_mode(False), torch.enable_grad(), _weights_frozen(module):
             # clones: tensors made in inference mode cannot enter autograd
             xg = x.clone().requires_grad_(True)  # (B, T, Da)
             x0, out = fn(xg)  # (B, T, Da) each
             err = self.w * (self.target - x0.detach())  # (B, T, Da)
-            (vjp,) = torch.autograd.grad(x0, xg, grad_outputs=err)  # J^T W (y - x0_hat)
+            if x0.requires_grad:
+                (vjp,) = torch.autograd.grad(x0, xg, grad_outputs=err)  # J^T W (y - x0_hat)
+            else:  # fn says the gradient is zero: no backward pass
+                vjp = torch.zeros_like(xg)
         weight = ab_t.rsqrt().clamp(max=self.max_guidance).to(x)  # w_t = min(beta, 1/sqrt(ab_t))
         return out.detach().to(x), (weight * vjp).to(x)
 
@@ -128,7 +132,11 @@ class Prefix:
             # Unclipped, eq. 15 divides the network's error by sqrt(ab_t) (5e-4 at t = K - 1
             # of the cosine schedule), and J^T W (y - x0_hat) moved a PushT chunk by 1e5
             if sched.clip_sample:
-                x0 = x0.clamp(-sched.clip_sample_range, sched.clip_sample_range)
+                r = sched.clip_sample_range
+                if not ((x0.abs() <= r) & (self.w > 0)).any():
+                    # every guided entry clipped (as at pure noise): J^T W (.) is exactly 0
+                    x0 = x0.detach()
+                x0 = x0.clamp(-r, r)
             return x0, eps
 
         eps, move = self.correction(fn, x, ab_t, policy.net)  # (B, T, Da) each

@@ -447,3 +447,40 @@ def test_guidance_keeps_the_fast_layers_caches_and_the_weights_trainable():
     policy.predict_action(obs, "ddim", 3, prefix=torch.zeros(1, 3, 2), prefix_mode="guidance")
     assert all(m._fast is c for m, c in zip(layers, before, strict=True))
     assert all(p.requires_grad for p in policy.parameters())
+
+
+def test_guidance_skips_the_backward_pass_only_where_its_gradient_is_zero():
+    """At pure noise every guided entry of the clipped x_0 estimate is clipped, so its
+    gradient is exactly zero and the backward pass is skipped: the guided eps equals the one
+    autograd computes through the clamp, and the network ran once, without a backward."""
+    policy = _policy()
+    policy.net = TwoModesWithError(policy.schedule.alphas_cumprod)
+    K = policy.cfg.num_train_timesteps
+    t = torch.tensor([K - 1])
+    B, T, Da = 4, 8, 2
+    x = 50 * torch.randn(B, T, Da, generator=torch.Generator().manual_seed(0))  # far out
+    y = torch.full((B, T, Da), -0.5)
+    w = torch.tensor([1.0, 1.0, 0.5, 0, 0, 0, 0, 0])
+    prefix = Prefix(y, w, "guidance")
+    cond = torch.zeros(B, 4)
+
+    xg = x.clone().requires_grad_(True)
+    eps = policy.net(xg, t, cond)
+    x0 = policy.schedule.predict_x0(eps, t, xg)
+    assert (x0.abs() > 1)[:, :3].all()  # every guided entry is clipped here
+    x0c = x0.clamp(-1, 1)
+    (vjp,) = torch.autograd.grad(x0c, xg, grad_outputs=prefix.w * (y - x0c.detach()))
+    ab = policy.schedule.alphas_cumprod[t].reshape(-1, 1, 1)
+    move = ab.rsqrt().clamp(max=prefix.max_guidance) * vjp
+    expected = eps.detach() - (ab / (1 - ab)).sqrt() * move
+
+    backward_runs = []
+    hook = policy.net.register_full_backward_hook(lambda *a: backward_runs.append(1))
+    try:
+        got = prefix.guided_eps(policy, x, t, cond)
+        assert not backward_runs
+        prefix.guided_eps(policy, x / 100, torch.tensor([0]), cond)  # near the data: live
+        assert backward_runs  # the hook does see a backward pass when one runs
+    finally:
+        hook.remove()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
