@@ -78,7 +78,11 @@ def test_interop_section_times_each_conversion_in_its_own_process(monkeypatch):
 
     monkeypatch.setattr(interop, "FRAME_POOL", 8)  # fewer rendered frames: a quicker test
     rows = interop.bench_interop(n_episodes=3, length=6, size=64)
-    assert [r["conversion"] for r in rows] == ["import robomimic", "export lerobot", "import lerobot"]
+    assert [r["conversion"] for r in rows] == [
+        "import robomimic",
+        "export lerobot",
+        "import lerobot",
+    ]
     for r in rows:
         assert r["frames"] == 18
         assert r["CPU s"] > 0 and 0 < r["peak MB"] < 4096
