@@ -121,9 +121,8 @@ class Prefix:
         self, policy: DiffusionPolicy, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
     ) -> torch.Tensor:
         """The network's eps at (x, t), replaced by the eps whose x_0 estimate is guided."""
-        ab_t = policy.schedule.alphas_cumprod.to(x.device)[t].reshape(-1, 1, 1)  # (1, 1, 1)
-
         sched = policy.schedule
+        ab_t = sched.alphas_cumprod.to(x.device)[t].reshape(-1, 1, 1)  # (1, 1, 1)
 
         def fn(xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # inputs cloned: autograd
             eps = policy.net(xg, t.clone(), cond.clone())  # (B, T, Da)

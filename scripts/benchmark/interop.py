@@ -6,9 +6,8 @@ The dataset is a robomimic hdf5 file of ``n_episodes`` episodes of ``length`` st
 frames are runs of consecutive frames rendered by PandaLift-v0's two cameras, so that zarr's
 compressor and the video codec see a rendered scene (random or synthetic images compress far
 worse and would time the codec instead of the conversion). "frames" counts steps, each with
-one image per camera. The three
-conversions run one after another, each in a fresh Python process, so that each one's peak
-memory is its own:
+one image per camera. The three conversions run one after another, each in a fresh Python
+process, so that each one's peak memory is its own:
 
     import robomimic  (hdf5 -> zarr)
     export lerobot    (that zarr -> LeRobotDataset v3.0, AV1 video)
@@ -65,7 +64,8 @@ def write_robomimic(path: Path, n_episodes: int, length: int, size: int, seed: i
     import h5py
 
     rng = np.random.default_rng(seed)
-    pool = rendered_frames(FRAME_POOL, size, seed)
+    n_pool = max(FRAME_POOL, length)  # every episode's run fits in the pool
+    pool = rendered_frames(n_pool, size, seed)
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
         data.attrs["env_args"] = json.dumps({"env_name": "Synthetic", "type": 1, "env_kwargs": {}})
@@ -74,7 +74,7 @@ def write_robomimic(path: Path, n_episodes: int, length: int, size: int, seed: i
             demo.attrs["num_samples"] = length
             demo["actions"] = rng.uniform(-1, 1, (length, 7))
             obs = demo.create_group("obs")
-            start = int(rng.integers(0, FRAME_POOL - length + 1))  # a run of consecutive frames
+            start = int(rng.integers(0, n_pool - length + 1))  # a run of consecutive frames
             for cam in CAMERAS:
                 obs[cam] = pool[cam][start : start + length]
             obs["robot0_eef_pos"] = rng.normal(size=(length, 3))
