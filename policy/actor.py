@@ -9,7 +9,8 @@ seed), so an episode's result does not depend on which other episodes share its 
 For real-time chunking the rollout passes ``prefix`` (B, P, Da) and ``prefix_weights`` (P,),
 aligned with the first returned action; the actor shifts them to chunk index To - 1 (the
 earlier indices, before the newest observation, stay free) and samples with
-DiffusionPolicy.predict_action's prefix, by ``rtc_method`` guidance or inpainting.
+DiffusionPolicy.predict_action's prefix, by ``rtc_method`` guidance, inpainting or (for a
+policy trained with committed prefixes) conditioning.
 """
 
 from __future__ import annotations

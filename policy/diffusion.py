@@ -167,6 +167,13 @@ class PolicyConfig:
     starts at (k - 1) K // k. A config saved before this field existed loads as "leading", the
     only spacing there was then, so old policies sample as they always did."""
 
+    train_max_delay: int = 0
+    """Training-time real-time chunking: each training chunk gets a committed prefix of
+    d ~ U{0, ..., N} actions at chunk rows To - 1 ... To - 2 + d (what an inference delay of d
+    steps executes while the chunk is sampled), held clean in the network's noisy input and
+    left out of the loss. Such a policy takes a prefix with prefix_mode "conditioned" (no
+    guidance, no extra network work). 0: plain training (and configs saved before this field)."""
+
     def __post_init__(self) -> None:
         self.obs_shapes = {k: tuple(int(d) for d in v) for k, v in self.obs_shapes.items()}
         self.down_dims = tuple(int(d) for d in self.down_dims)
@@ -251,6 +258,16 @@ class PolicyConfig:
                 )
         if self.objective not in ("diffusion", "mse"):
             raise ValueError(f"unknown objective {self.objective!r}; use 'diffusion' or 'mse'")
+        if not 0 <= self.train_max_delay <= self.horizon - self.n_obs_steps:
+            raise ValueError(
+                f"train_max_delay={self.train_max_delay} must be in [0, T - To = "
+                f"{self.horizon - self.n_obs_steps}]: the committed rows start at To - 1 and at "
+                "least one row must stay free"
+            )
+        if self.train_max_delay and self.objective != "diffusion":
+            raise ValueError(
+                "train_max_delay needs objective 'diffusion' (it conditions denoising)"
+            )
         # the default sampler must exist and fit (a distilled policy <-> "consistency"), and
         # so must its default k, whatever the objective
         sampler = sampler_class(self.sampler)
@@ -400,6 +417,7 @@ class DiffusionPolicy(nn.Module):
         batch: Mapping,
         noise: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
+        delays: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Epsilon-prediction MSE (Ho et al. 2020, eq. 14) on a batch of windows; with
         objective "mse", the MSE between the network's chunk and the normalized target chunk.
@@ -408,7 +426,9 @@ class DiffusionPolicy(nn.Module):
         uint8 (B, >=To, H, W, C)), optionally "crop_offsets" {camera key: (B, To, 2)}. The window's
         first To observation steps condition the chunk (the timing convention). `noise`
         (B, T, Da) and `timesteps` (B,) may be given (default: drawn from torch's global RNG);
-        the "mse" objective ignores them.
+        the "mse" objective ignores them. With cfg.train_max_delay N > 0, `delays` (B,) in
+        [0, N] (default: drawn likewise) give each chunk its committed prefix: rows To - 1 ...
+        To - 2 + d enter the network clean and the mean runs over the other rows only.
         """
         cfg = self.cfg
         obs, x0 = self.training_chunk(batch)
@@ -422,7 +442,20 @@ class DiffusionPolicy(nn.Module):
             else timesteps
         )  # (B,)
         x_t = self.schedule.add_noise(x0, noise, t)  # (B, T, Da)
-        return F.mse_loss(self.net(x_t, t, cond), noise)
+        if not cfg.train_max_delay:
+            return F.mse_loss(self.net(x_t, t, cond), noise)
+        if delays is None:
+            delays = torch.randint(0, cfg.train_max_delay + 1, t.shape, device=x0.device)
+        committed = self.committed_rows(delays)  # (B, T, 1)
+        x_t = torch.where(committed, x0, x_t)  # the executed actions, known exactly
+        free = (~committed).to(x0.dtype)  # (B, T, 1)
+        sq = (self.net(x_t, t, cond) - noise).square() * free  # (B, T, Da)
+        return sq.sum() / (free.sum() * cfg.action_dim)
+
+    def committed_rows(self, delays: torch.Tensor) -> torch.Tensor:
+        """(B, T, 1) bool: chunk rows To - 1 ... To - 2 + d of each chunk, for delays d (B,)."""
+        rows = torch.arange(self.cfg.horizon, device=delays.device) - (self.cfg.n_obs_steps - 1)
+        return ((rows >= 0) & (rows < delays.reshape(-1, 1))).unsqueeze(-1)  # (B, T, 1)
 
     def training_chunk(self, batch: Mapping) -> tuple[dict, torch.Tensor]:
         """A training batch's conditioning steps and target chunk: (obs cut to its first To
@@ -588,7 +621,9 @@ class DiffusionPolicy(nn.Module):
         returned exactly as given; the others are pulled toward their target by
         `prefix_mode` "guidance" (pseudoinverse guidance of the x_0 estimate, its weight
         clipped at `max_guidance`, one extra backward pass per step) or "inpaint"
-        (replacement by the target noised to each step's timestep): samplers.Prefix. The
+        (replacement by the target noised to each step's timestep); "conditioned", for a
+        policy trained with train_max_delay, gives the network the rows of weight 1 clean and
+        leaves the others free: samplers.Prefix. The
         "mse" objective only overwrites the rows of weight 1. Calls with a prefix run
         eagerly, also under use_cuda_graphs.
         """
@@ -627,6 +662,8 @@ class DiffusionPolicy(nn.Module):
                 inpaint_noise = torch.stack(
                     [_randn(shape, generator, dev) for _ in range(chosen.k)]
                 )
+            if prefix_mode == "conditioned":
+                self._check_conditioned(chosen.name, w)
             chosen.prefix = Prefix(target, w, prefix_mode, max_guidance, inpaint_noise)
             frozen = (w == 1).reshape(1, -1, 1), raw  # rows returned exactly as given
         times = chosen.timesteps(self)  # (k,) on dev
@@ -649,6 +686,31 @@ class DiffusionPolicy(nn.Module):
         if return_trajectory:
             out["trajectory"] = [*trajectory, action_pred]
         return out
+
+    def _check_conditioned(self, sampler: str, weights: torch.Tensor) -> None:
+        """Refuse a "conditioned" prefix this policy was not trained for: it needs
+        train_max_delay > 0, DDPM / DDIM, and rows of weight 1 that are exactly To - 1 ...
+        To - 2 + d with d <= train_max_delay (the prefixes training showed)."""
+        cfg = self.cfg
+        if not cfg.train_max_delay:
+            raise ValueError(
+                "prefix_mode 'conditioned' needs a policy trained with committed prefixes "
+                "(train_max_delay > 0, dp-train --train-max-delay); use 'guidance' or 'inpaint'"
+            )
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(
+                f"prefix_mode 'conditioned' samples with ddpm or ddim, not {sampler!r}"
+            )
+        frozen = weights == 1  # (T,)
+        d = int(frozen.sum())
+        if d > cfg.train_max_delay or not torch.equal(
+            frozen, self.committed_rows(torch.tensor([d], device=weights.device)).flatten()
+        ):
+            raise ValueError(
+                f"prefix_mode 'conditioned': the rows of weight 1 must be chunk rows To - 1 = "
+                f"{cfg.n_obs_steps - 1} onward, at most train_max_delay={cfg.train_max_delay} "
+                f"of them; got rows {torch.nonzero(frozen).flatten().tolist()}"
+            )
 
     def _prefix_rows(
         self,

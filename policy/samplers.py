@@ -17,7 +17,9 @@ device tensor, so that ``sample`` does device work only and a CUDA graph can cap
 policy/schedule.py; a sampler says which of it to call, in which order, with which network.
 
 A sampler may carry a ``Prefix``: actions the chunk must start with (real-time chunking, Black
-et al. 2025, arXiv 2506.07339), enforced by guidance or by inpainting in every step (see Prefix).
+et al. 2025, arXiv 2506.07339), enforced by guidance or by inpainting in every step, or, for a
+policy trained with committed prefixes (PolicyConfig.train_max_delay), given to the network
+clean (see Prefix).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ if TYPE_CHECKING:  # a type only: diffusion.py imports this module
     from dplite.policy.diffusion import DiffusionPolicy, PolicyConfig
 
 SamplerName = Literal["ddpm", "ddim", "consistency", "mse"]
-PrefixMode = Literal["guidance", "inpaint"]
-PREFIX_MODES: tuple[str, ...] = ("guidance", "inpaint")
+PrefixMode = Literal["guidance", "inpaint", "conditioned"]
+PREFIX_MODES: tuple[str, ...] = ("guidance", "inpaint", "conditioned")
 RTC_MAX_GUIDANCE = 5.0
 """beta, the clip of the guidance weight (the RTC paper's value)."""
 
@@ -80,7 +82,12 @@ class Prefix:
       x <- W q(y | t_prev) + (1 - W) x; after the last step (t_prev = x_0) they are W y +
       (1 - W) x. No extra network work; ``noise`` holds one draw per step.
 
-    Either way the rows of weight 1 of the final chunk are exactly the target after
+    - "conditioned" (training-time conditioning, for a policy trained with
+      PolicyConfig.train_max_delay > 0): the network's input holds the rows of weight 1 clean,
+      as every training chunk with a committed prefix did; rows of weight below 1 stay free
+      (training knew no soft weights). No extra network work, nothing to tune.
+
+    Every way, the rows of weight 1 of the final chunk are exactly the target after
     DiffusionPolicy.predict_action's last overwrite in raw units.
     """
 
@@ -93,6 +100,11 @@ class Prefix:
     @property
     def w(self) -> torch.Tensor:
         return self.weights.reshape(1, -1, 1).to(self.target)  # (1, T, 1)
+
+    def conditioned(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, Da) with its rows of weight 1 replaced by the clean target: the network
+        input of "conditioned" mode."""
+        return torch.where(self.w == 1, self.target, x)  # (B, T, Da)
 
     def correction(
         self,
@@ -174,9 +186,12 @@ class BaseSampler(ABC):
     def eps(
         self, policy: DiffusionPolicy, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
     ) -> torch.Tensor:
-        """eps_theta(x_t, t), guided toward the prefix when there is one in "guidance" mode."""
+        """eps_theta(x_t, t), guided toward the prefix when there is one in "guidance" mode,
+        with the prefix's frozen rows clean in its input in "conditioned" mode."""
         if self.prefix is not None and self.prefix.mode == "guidance":
             return self.prefix.guided_eps(policy, x, t, cond)
+        if self.prefix is not None and self.prefix.mode == "conditioned":
+            x = self.prefix.conditioned(x)  # (B, T, Da)
         return policy.denoise(x, t, cond)  # (B, T, Da), by the policy's backend
 
     def constrain(

@@ -104,9 +104,10 @@ class Config:
     counts (default: d; a large value gives the whole overlap)."""
     ensemble_decay: float = ACT_DECAY
     """ensemble: m of ACT's weights exp(-m i), i = 0 the oldest chunk."""
-    rtc_method: Literal["guidance", "inpaint"] = "guidance"
+    rtc_method: Literal["guidance", "inpaint", "conditioned"] = "guidance"
     """rtc: how the prefix is enforced while sampling: guidance (the RTC paper's, one extra
-    backward pass per step) or inpainting (replacement, no extra cost)."""
+    backward pass per step), inpainting (replacement, no extra cost) or conditioned (for a
+    policy trained with --train-max-delay: the committed actions given clean, no extra cost)."""
     max_guidance: float = RTC_MAX_GUIDANCE
     """rtc guidance: the clip beta of the guidance weight."""
 

@@ -101,6 +101,11 @@ class Config:
     n_action_steps: int = 2
     """Ta, the actions executed per chunk. 2 rather than the paper's 8: on PushT re-planning
     often pays (docs/benchmarks.md)."""
+    train_max_delay: int = 0
+    """Train for real-time chunking under inference delays up to N steps: each chunk gets
+    d ~ U{0..N} committed actions from the newest observation's step on, given clean and left
+    out of the loss (PolicyConfig.train_max_delay); evaluate with --execution rtc
+    --rtc-method conditioned. 0: plain training."""
     pad_after: int | None = None
     """Rows a training window may run past its episode's end (repeating the last frame);
     default T - To, so that every frame, the last ones near the goal too, is the newest
@@ -298,6 +303,9 @@ class GlobalBatches:
         )  # (B_global,)
         rows = slice(self.rank * n, (self.rank + 1) * n)
         out = {**b, "noise": noise[rows].to(self.device), "timesteps": t[rows].to(self.device)}
+        if self.pcfg.train_max_delay:  # drawn only then: plain runs keep their streams
+            d = torch.randint(0, self.pcfg.train_max_delay + 1, (size,), generator=self.noise_gen)
+            out["delays"] = d[rows].to(self.device)  # (B,)
         if self.crops:  # camera crops from the same global stream: DDP equals one process
             out["crop_offsets"] = {
                 key: random_offsets(
@@ -337,9 +345,10 @@ def window_batch(
 
 def diffusion_loss(model: nn.Module, b: dict) -> torch.Tensor:
     """compute_loss through forward() (so that DDP averages the gradients), with the drawn
-    noise (B, T, Da), diffusion steps (B,) and camera crop offsets {key: (B, To, 2)}."""
+    noise (B, T, Da), diffusion steps (B,), camera crop offsets {key: (B, To, 2)} and delays
+    (B,) of training-time real-time chunking."""
     batch = {"obs": b["obs"], "action": b["action"], "crop_offsets": b.get("crop_offsets")}
-    return model(batch, noise=b["noise"], timesteps=b["timesteps"])
+    return model(batch, noise=b["noise"], timesteps=b["timesteps"], delays=b.get("delays"))
 
 
 def validation_loss(
@@ -362,7 +371,10 @@ def validation_loss(
             shape = b["action"].shape  # (B, T, Da)
             noise = torch.randn(shape, generator=gen).to(device)  # (B, T, Da)
             t = torch.randint(0, policy.cfg.num_train_timesteps, shape[:1], generator=gen)  # (B,)
-            losses.append(policy.compute_loss(b, noise=noise, timesteps=t.to(device)).item())
+            n = policy.cfg.train_max_delay
+            d = torch.randint(0, n + 1, shape[:1], generator=gen).to(device) if n else None
+            loss = policy.compute_loss(b, noise=noise, timesteps=t.to(device), delays=d)
+            losses.append(loss.item())
         return {"val_loss": float(np.mean(losses))}
 
     return validate
@@ -453,6 +465,7 @@ def setup(cfg: Config) -> TrainLoop:
         sampler=cfg.eval_sampler,
         num_inference_steps=cfg.eval_inference_steps,
         timestep_spacing=cfg.timestep_spacing,
+        train_max_delay=cfg.train_max_delay,
     )
     policy = DiffusionPolicy(pcfg, Normalizer.from_stats(stats)).to(device)
     batches = GlobalBatches(data, cfg, pcfg, rank, world, device)
