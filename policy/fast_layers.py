@@ -16,8 +16,8 @@ state_dict, same outputs to float rounding; tests check it) with faster no-grad 
 
 When. A layer takes its fast path only in eval mode, when no gradient is needed (no_grad /
 inference_mode), for fp32 CPU tensors, no autocast and a small input (batch x time <=
-FAST_MAX_ROWS; BatchedFiLM: any size and device). Otherwise it is exactly its nn parent, so
-training never runs the code below.
+FAST_MAX_ROWS; BatchedFiLM: any size and device, no autocast). Otherwise it is exactly its nn
+parent, so training never runs the code below.
 
 Cache lifecycle. A fast path reads a derived copy of the weights (packed, transposed or
 stacked). It is built on the layer's first fast call and then kept until one of these explicit
@@ -367,8 +367,8 @@ class BatchedFiLM(FastPath):
             if any(p.requires_grad for p in params):
                 self.refresh_fast_path()  # being trained: a kept copy would miss the next step
             return [None] * len(self.linears)  # the fast path has no backward
-        if self.training or not _switch["on"]:
-            return [None] * len(self.linears)
+        if self.training or not _switch["on"] or torch.is_autocast_enabled(cond.device.type):
+            return [None] * len(self.linears)  # under autocast the Linears run in its dtype
         w_t, b = self.derived(
             params,
             lambda: (torch.cat(params[0::2]).T.contiguous(), torch.cat(params[1::2])),

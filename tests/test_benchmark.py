@@ -1,5 +1,5 @@
-"""dp-benchmark's inference section: every cell times plain, eager and (with --backend onnx)
-onnx back to back and reports each one's ratio to plain (rtc calls: to eager); the JSON records
+"""dp-benchmark's inference section: every cell times plain, eager and (with --backend)
+onnx or bf16 back to back and reports each one's ratio to plain (rtc calls: to eager); the JSON records
 the machine, the date and the thread count. Tiny networks stand in for the real ones (the cost
 is not tested here, only what is measured and recorded). The interop section: one row per
 conversion, its rates consistent with its times."""
@@ -24,7 +24,7 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("backend", ["eager", "onnx"])
+@pytest.mark.parametrize("backend", ["eager", "onnx", "bf16"])
 def test_every_cell_times_plain_and_reports_ratios(monkeypatch, tmp_path, backend):
     if backend == "onnx":
         pytest.importorskip("onnxruntime")
@@ -46,12 +46,13 @@ def test_every_cell_times_plain_and_reports_ratios(monkeypatch, tmp_path, backen
     assert cells == {
         ("tiny unet", b, s, k) for b in models.BATCHES for s, k in samplers
     }  # one row per cell, every batch size
-    modes = ["eager", "onnx"] if backend == "onnx" else ["eager"]
+    modes = ["eager"] if backend == "eager" else ["eager", backend]
     for r in rows:
         assert r["plain_ms"] > 0
         for mode in modes:
             assert r[f"{mode}/plain"] == pytest.approx(r[f"{mode}_ms"] / r["plain_ms"])
     assert ("onnx_ms" in rows[0]) == (backend == "onnx")
+    assert ("bf16_ms" in rows[0]) == (backend == "bf16")
     if backend == "onnx":
         assert machine["onnxruntime"]
 

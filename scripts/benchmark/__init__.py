@@ -12,10 +12,10 @@ on a synthetic dataset with 1 process and under torchrun with 2 and reports samp
 conversions, robomimic and LeRobot in and LeRobot out, on a synthetic 2-camera dataset.
 
 The "inference" section times every cell (network, batch, sampler, k) as "plain" (the nn
-layers alone), "eager" (the shipped fast layers) and, with --backend onnx, "onnx" (ONNX
-Runtime, the "onnx" extra), in turns, and prints each one's ratio to plain; --networks,
---batches and --samplers choose the cells. --rtc adds real-time chunking's calls to the DDIM
-and DDPM cells, as ratios to eager.
+layers alone), "eager" (the shipped fast layers) and the backends --backend names ("onnx":
+ONNX Runtime, the "onnx" extra; "bf16": bfloat16 autocast), in turns, and prints each one's
+ratio to plain; --networks, --batches and --samplers choose the cells. --rtc adds real-time
+chunking's calls to the DDIM and DDPM cells, as ratios to eager.
 
 Sections: "inference", "vision" and "train" in models.py; "data", "env" and "ddp" in
 throughput.py; "interop" in interop.py.
@@ -65,9 +65,10 @@ class Config:
     """torch threads (default: torch's choice, one per core)."""
     device: str = "cpu"
     """Device for the inference and train sections ('cuda' on a GPU machine)."""
-    backend: Literal["eager", "onnx"] = "eager"
-    """onnx: the inference section also times the onnx backend (ONNX Runtime, the 'onnx'
-    extra; CPU only) in every cell, next to plain and eager (the shipped fast layers)."""
+    backend: tuple[Literal["eager", "onnx", "bf16"], ...] = ("eager",)
+    """Backends the inference section also times in every cell, next to plain and eager (the
+    shipped fast layers): onnx (ONNX Runtime, the 'onnx' extra; CPU only), bf16 (bfloat16
+    autocast, DiffusionPolicy.use_backend)."""
     networks: tuple[str, ...] = tuple(NETWORKS)
     """Inference section: the networks timed."""
     batches: tuple[int, ...] = BATCHES
@@ -129,7 +130,7 @@ def main(cfg: Config) -> dict:
     if not cfg.batches or min(cfg.batches) < 1:
         raise ValueError(f"--batches must be >= 1, got {list(cfg.batches)}")
     samplers = _samplers(cfg.samplers)
-    if cfg.backend == "onnx":  # refused before any section runs
+    if "onnx" in cfg.backend:  # refused before any section runs
         if torch.device(cfg.device).type != "cpu":
             raise ValueError(f"--backend onnx runs on the CPU, not --device {cfg.device}")
         import_onnxruntime()  # names the extra to install
@@ -140,7 +141,7 @@ def main(cfg: Config) -> dict:
     results: dict = {
         "machine": {**machine(), "utc": _utc_now(), "load_average_1m": os.getloadavg()[0]}
     }
-    if cfg.backend == "onnx":
+    if "onnx" in cfg.backend:
         results["machine"]["onnxruntime"] = import_onnxruntime().__version__
     print("machine:", ", ".join(f"{k}={v}" for k, v in results["machine"].items()))
     if "inference" in cfg.sections:

@@ -53,7 +53,7 @@ SAMPLERS = (("ddim", 5), ("ddim", 10), ("ddpm", 100), ("consistency", 1), ("cons
 def bench_inference(
     repeats: int,
     device: str = "cpu",
-    backend: Backend = "eager",
+    backends: Sequence[Backend] = ("eager",),
     networks: Sequence[str] | None = None,
     batches: Sequence[int] = BATCHES,
     samplers: Sequence[tuple[str, int]] | None = None,
@@ -68,10 +68,10 @@ def bench_inference(
     modes timed in turns in this process (policy.timing.interleaved_median_ms: a busy machine
     slows them alike): "plain" is the same call with every fast path off
     (policy.fast_layers.fast_paths_disabled: the nn layers alone, the baseline); "eager" is
-    predict_action as shipped (with the fast layers); "onnx" (with backend "onnx") the onnx
-    backend (DiffusionPolicy.use_backend), exported in the warm-up call; on CUDA, "graph"
-    replays the loop as a CUDA graph (DiffusionPolicy.use_cuda_graphs), captured in the
-    warm-up call. With `rtc`, the DDIM and DDPM cells also time real-time chunking's call
+    predict_action as shipped (with the fast layers); "onnx" and "bf16" (named in `backends`)
+    those backends (DiffusionPolicy.use_backend), onnx exported in the warm-up call; on CUDA,
+    "graph" replays the loop as a CUDA graph (DiffusionPolicy.use_cuda_graphs), captured in
+    the warm-up call. With `rtc`, the DDIM and DDPM cells also time real-time chunking's call
     ("rtc-guidance", "rtc-inpaint": predict_action with RTC_PREFIX_WEIGHTS) and report its
     ratio to "eager", the same call without a prefix."""
     cuda = torch.device(device).type == "cuda"
@@ -84,8 +84,9 @@ def bench_inference(
         }
         # one policy per mode; onnx and graph on copies that keep their export / capture
         policies = {"plain": eager, "eager": eager}
-        if backend == "onnx":
-            policies["onnx"] = {k: copy.deepcopy(p).use_backend("onnx") for k, p in eager.items()}
+        for b in dict.fromkeys(backends):
+            if b != "eager":
+                policies[b] = {k: copy.deepcopy(p).use_backend(b) for k, p in eager.items()}
         if cuda:
             policies["graph"] = {k: copy.deepcopy(p).use_cuda_graphs() for k, p in eager.items()}
         for batch in batches:
