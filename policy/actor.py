@@ -58,6 +58,8 @@ class PolicyActor:
         self.rtc_method, self.max_guidance = rtc_method, max_guidance
         # what will run, e.g. ("mse", 1) for the regression baseline
         used, k = policy.sampler_settings(sampler, inference_steps)
+        if rtc_method == "conditioned":
+            policy.check_conditioned(used)  # before any episode, not at the first prefix
         self.policy, self.sampler, self.inference_steps = policy, sampler, inference_steps
         self.noise_seed = noise_seed
         self.n_obs_steps = cfg.n_obs_steps

@@ -94,7 +94,11 @@ class ConsistencyDistiller:
             grid = ddim_grid(tcfg.num_train_timesteps, 10, tcfg.timestep_spacing)
         grid = tuple(grid)
         cfg = dataclasses.replace(
-            tcfg, consistency_timesteps=grid, sampler="consistency", num_inference_steps=1
+            tcfg,
+            consistency_timesteps=grid,
+            sampler="consistency",
+            num_inference_steps=1,
+            train_max_delay=0,  # distillation shows no committed prefixes
         )  # validates the grid
         self.grid = cfg.consistency_timesteps
         self.teacher = teacher.eval().requires_grad_(False)

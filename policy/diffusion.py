@@ -36,7 +36,7 @@ the same for both.
 Every sampler evaluates the network through ``denoise``: self.net by default, or, after
 ``use_backend("onnx")``, the same network exported to ONNX and run by ONNX Runtime on the CPU
 (policy/onnx_denoiser.py, the optional "onnx" extra), re-exported whenever the weights change;
-after ``use_backend("bf16")``, self.net under bfloat16 autocast (oneDNN's bf16 kernels).
+after ``use_backend("bf16")``, self.net under bfloat16 autocast.
 """
 
 from __future__ import annotations
@@ -430,8 +430,11 @@ class DiffusionPolicy(nn.Module):
         first To observation steps condition the chunk (the timing convention). `noise`
         (B, T, Da) and `timesteps` (B,) may be given (default: drawn from torch's global RNG);
         the "mse" objective ignores them. With cfg.train_max_delay N > 0, `delays` (B,) in
-        [0, N] (default: drawn likewise) give each chunk its committed prefix: rows To - 1 ...
-        To - 2 + d enter the network clean and the mean runs over the other rows only.
+        [0, N] (default: drawn likewise; not range-checked, which would cost a device sync)
+        give each chunk its committed prefix: rows To - 1 ... To - 2 + d enter the network
+        clean, and each chunk's mean runs over its other rows only, then the batch's over the
+        chunks (so that DDP's average of per-rank means is one process's mean). Without
+        train_max_delay, `delays` is ignored.
         """
         cfg = self.cfg
         obs, x0 = self.training_chunk(batch)
@@ -449,11 +452,12 @@ class DiffusionPolicy(nn.Module):
             return F.mse_loss(self.net(x_t, t, cond), noise)
         if delays is None:
             delays = torch.randint(0, cfg.train_max_delay + 1, t.shape, device=x0.device)
-        committed = self.committed_rows(delays)  # (B, T, 1)
+        committed = self.committed_rows(delays.to(x0.device))  # (B, T, 1)
         x_t = torch.where(committed, x0, x_t)  # the executed actions, known exactly
         free = (~committed).to(x0.dtype)  # (B, T, 1)
         sq = (self.net(x_t, t, cond) - noise).square() * free  # (B, T, Da)
-        return sq.sum() / (free.sum() * cfg.action_dim)
+        per_chunk = sq.sum(dim=(1, 2)) / (free.sum(dim=(1, 2)) * cfg.action_dim)  # (B,)
+        return per_chunk.mean()
 
     def committed_rows(self, delays: torch.Tensor) -> torch.Tensor:
         """(B, T, 1) bool: chunk rows To - 1 ... To - 2 + d of each chunk, for delays d (B,)."""
@@ -510,15 +514,18 @@ class DiffusionPolicy(nn.Module):
         no_grad, .to(), eval() / train()); only writes through ``p.data`` need
         refresh_backend(). The chunks equal eager ones to float rounding.
         "bf16": self.net under torch.autocast(bfloat16) on the policy's device: matmuls and
-        convolutions in bfloat16 (8 mantissa bits), norms and the rest in float32, output
-        float32; nothing is cached, so it never reads old weights. Fast on CPUs with native
-        bf16 (AVX512-BF16, AMX) at large batches; its chunks differ from eager ones by about 1 %
-        of the action range (docs/benchmarks.md has the tolerance and the success check).
+        convolutions in bfloat16 (8 mantissa bits; on the CPU the UNet's GroupNorm and Mish
+        then also see bfloat16 activations), the output in float32; nothing is cached, so it
+        never reads old weights. Fast on CPUs with native bf16 (AVX512-BF16, AMX) at large
+        batches; one network evaluation is within about 1 % of float32's (tests/
+        test_bf16_backend.py), and docs/benchmarks.md has its speed and a PushT success check.
         Calls that need a gradient (real-time chunking's guidance) run self.net in float32
         whatever the backend.
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+        if self._graphs:
+            self._graphs = {}  # captured under the old backend
         if backend == "onnx":
             import_onnxruntime()  # refuses now, naming the extra, rather than at the first call
             if self.device.type != "cpu":
@@ -699,10 +706,10 @@ class DiffusionPolicy(nn.Module):
             out["trajectory"] = [*trajectory, action_pred]
         return out
 
-    def _check_conditioned(self, sampler: str, weights: torch.Tensor) -> None:
-        """Refuse a "conditioned" prefix this policy was not trained for: it needs
-        train_max_delay > 0, DDPM / DDIM, and rows of weight 1 that are exactly To - 1 ...
-        To - 2 + d with d <= train_max_delay (the prefixes training showed)."""
+    def check_conditioned(self, sampler: str, delay: int = 0) -> None:
+        """Refuse prefix_mode "conditioned" where this policy cannot serve it: it needs
+        train_max_delay > 0 (>= `delay`, the committed rows a rollout will pass) and the
+        DDPM / DDIM sampler. Callers check this before a rollout starts."""
         cfg = self.cfg
         if not cfg.train_max_delay:
             raise ValueError(
@@ -713,6 +720,17 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(
                 f"prefix_mode 'conditioned' samples with ddpm or ddim, not {sampler!r}"
             )
+        if delay > cfg.train_max_delay:
+            raise ValueError(
+                f"prefix_mode 'conditioned': a delay of {delay} steps commits more rows than "
+                f"the policy was trained with (train_max_delay={cfg.train_max_delay})"
+            )
+
+    def _check_conditioned(self, sampler: str, weights: torch.Tensor) -> None:
+        """check_conditioned, and rows of weight 1 that are exactly To - 1 ... To - 2 + d with
+        d <= train_max_delay (the prefixes training showed)."""
+        cfg = self.cfg
+        self.check_conditioned(sampler)
         frozen = weights == 1  # (T,)
         d = int(frozen.sum())
         if d > cfg.train_max_delay or not torch.equal(

@@ -63,7 +63,8 @@ class Prefix:
     overlap (Black et al. 2025, arXiv 2506.07339), for an epsilon-prediction sampler.
 
     ``target`` (B, T, Da) normalized actions and ``weights`` (T,) in [0, 1]: 1 freezes a row,
-    values between pull it softly, 0 leaves it free. Two ways to enforce it in each step:
+    values between pull it softly (in the first two modes), 0 leaves it free. Three ways to
+    enforce it in each step:
 
     - "guidance" (the paper's, adapted from flow matching to DDPM / DDIM): pseudoinverse
       guidance (PiGDM, Song et al. 2023) with a noise-free observation of the weighted rows

@@ -142,6 +142,9 @@ def main(cfg: Config) -> dict:
             raise ValueError(f"--cuda-graphs needs a CUDA device, not {device}")
         policy.use_cuda_graphs()
     policy.use_backend(cfg.backend)  # refuses onnx without onnxruntime, or off the CPU
+    if cfg.execution == "rtc" and cfg.rtc_method == "conditioned":  # refused before any env
+        sampler = policy.sampler_settings(cfg.sampler, cfg.inference_steps)[0]
+        policy.check_conditioned(sampler, cfg.latency_steps)
     spec = cfg.env.resolve(base=task_from_metadata(policy.metadata))
     seeds = list(range(cfg.seed_start, cfg.seed_start + cfg.episodes))
     noise_seeds = list(range(cfg.seed, cfg.seed + cfg.noise_seeds))

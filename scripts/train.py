@@ -267,9 +267,10 @@ def check_dataset_fits_env(path: Path, spec: TaskSpec, obs_keys: tuple[str, ...]
 
 class GlobalBatches:
     """The training stream: each call draws one global batch of windows (numpy) and its noise
-    (B, T, Da), diffusion steps (B,) and, for cropped cameras, crop offsets (B, To, 2) per
-    camera (torch, on the CPU so that they do not depend on the device), the same on every
-    rank, and returns this rank's slice of it."""
+    (B, T, Da), diffusion steps (B,), for cropped cameras crop offsets (B, To, 2) per camera
+    and, with train_max_delay, committed-prefix lengths (B,) (torch, on the CPU so that they
+    do not depend on the device), the same on every rank, and returns this rank's slice of
+    it."""
 
     def __init__(
         self,
@@ -305,7 +306,7 @@ class GlobalBatches:
         out = {**b, "noise": noise[rows].to(self.device), "timesteps": t[rows].to(self.device)}
         if self.pcfg.train_max_delay:  # drawn only then: plain runs keep their streams
             d = torch.randint(0, self.pcfg.train_max_delay + 1, (size,), generator=self.noise_gen)
-            out["delays"] = d[rows].to(self.device)  # (B,)
+            out["delays"] = d[rows].to(self.device)  # (B,) of (B_global,)
         if self.crops:  # camera crops from the same global stream: DDP equals one process
             out["crop_offsets"] = {
                 key: random_offsets(
@@ -354,10 +355,10 @@ def diffusion_loss(model: nn.Module, b: dict) -> torch.Tensor:
 def validation_loss(
     val_data: WindowDataset | None, cfg: Config, world: int, device: torch.device
 ) -> Callable[[DiffusionPolicy, int], dict]:
-    """EMA loss on validation windows (rank 0's slice of 4 global batches). Windows, noise and
-    diffusion steps all come from generators of their own seeded by (seed, step), and the EMA
-    policy is in eval mode (centre crops), so validating never draws from a stream training
-    uses: the weights do not depend on --log-every."""
+    """EMA loss on validation windows (rank 0's slice of 4 global batches). Windows, noise,
+    diffusion steps (and committed-prefix lengths) all come from generators of their own
+    seeded by (seed, step), and the EMA policy is in eval mode (centre crops), so validating
+    never draws from a stream training uses: the weights do not depend on --log-every."""
 
     @torch.no_grad()
     def validate(policy: DiffusionPolicy, step: int) -> dict:
@@ -372,7 +373,7 @@ def validation_loss(
             noise = torch.randn(shape, generator=gen).to(device)  # (B, T, Da)
             t = torch.randint(0, policy.cfg.num_train_timesteps, shape[:1], generator=gen)  # (B,)
             n = policy.cfg.train_max_delay
-            d = torch.randint(0, n + 1, shape[:1], generator=gen).to(device) if n else None
+            d = torch.randint(0, n + 1, shape[:1], generator=gen).to(device) if n else None  # (B,)
             loss = policy.compute_loss(b, noise=noise, timesteps=t.to(device), delays=d)
             losses.append(loss.item())
         return {"val_loss": float(np.mean(losses))}
@@ -523,7 +524,11 @@ RESUMABLE = ("out", "log_every", "eval_every", "eval_episodes", "eval_sampler",
              "eval_inference_steps", "save_every", "keep_checkpoints", "progress", "device",
              "extend_steps")  # fmt: skip
 # What a config.json written before a setting existed meant by it.
-LEGACY = {"split_seed": lambda rec: rec.get("seed", 0), "timestep_spacing": lambda rec: "leading"}
+LEGACY = {
+    "split_seed": lambda rec: rec.get("seed", 0),
+    "timestep_spacing": lambda rec: "leading",
+    "train_max_delay": lambda rec: 0,
+}
 
 
 def check_resume(cfg: Config) -> None:

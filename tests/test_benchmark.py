@@ -1,5 +1,5 @@
-"""dp-benchmark's inference section: every cell times plain, eager and (with --backend)
-onnx or bf16 back to back and reports each one's ratio to plain (rtc calls: to eager); the JSON records
+"""dp-benchmark's inference section: every cell times plain, eager and (with --backend) onnx
+or bf16 back to back and reports each one's ratio to plain (rtc calls: to eager); the JSON records
 the machine, the date and the thread count. Tiny networks stand in for the real ones (the cost
 is not tested here, only what is measured and recorded). The interop section: one row per
 conversion, its rates consistent with its times."""

@@ -59,17 +59,28 @@ def test_committed_rows_enter_clean_and_leave_the_loss():
     x_t = policy.schedule.add_noise(x0, noise, t)
     # To = 2: chunk 1 has rows 1, 2 committed, chunk 2 rows 1, 2, 3; chunk 0 none
     committed = {(1, 1), (1, 2), (2, 1), (2, 2), (2, 3)}
-    sq, count = 0.0, 0
     with torch.no_grad():
         out = spy.net(x_in, t, policy.encode_obs(batch["obs"]))
+    means = []  # each chunk's mean over its free entries; the loss is their mean
     for b in range(3):
+        sq, count = 0.0, 0
         for i in range(8):
             expect = x0[b, i] if (b, i) in committed else x_t[b, i]
             assert torch.equal(x_in[b, i], expect), (b, i)
             if (b, i) not in committed:
                 sq += float(((out[b, i] - noise[b, i]) ** 2).sum())
                 count += 2
-    assert loss.item() == pytest.approx(sq / count, rel=1e-5)
+        means.append(sq / count)
+    assert loss.item() == pytest.approx(sum(means) / 3, rel=1e-5)
+    # split in two halves (two DDP ranks), the mean of the halves' losses is the whole one's
+    halves = [
+        policy.compute_loss(
+            {"obs": {"s": batch["obs"]["s"][r]}, "action": batch["action"][r]},
+            noise=noise[r], timesteps=t[r], delays=delays[r],
+        )
+        for r in (slice(0, 1), slice(1, 3))
+    ]  # fmt: skip
+    assert (halves[0] + 2 * halves[1]).item() / 3 == pytest.approx(loss.item(), rel=1e-5)
 
 
 def test_the_noise_of_committed_rows_changes_nothing_and_delay_zero_is_the_plain_loss():
@@ -123,7 +134,9 @@ def test_prefixes_training_never_showed_are_refused():
         _policy(objective="mse")
 
 
-def test_zero_delay_rtc_conditioned_equals_the_rollout_without_delay():
+def test_soft_rows_alone_leave_a_conditioned_rollout_as_it_was_without_delay():
+    """d = 0 with a blend: the rollout passes a prefix of soft rows only (weights < 1), which
+    "conditioned" ignores, so every action equals the rollout without delay."""
     torch.manual_seed(0)
     cfg = PolicyConfig(
         obs_shapes={"pos": (2,), "target_xy": (2,)},
@@ -136,7 +149,9 @@ def test_zero_delay_rtc_conditioned_equals_the_rollout_without_delay():
     policy, seeds = DiffusionPolicy(cfg).eval(), [EVAL_SEED_START, EVAL_SEED_START + 1]
     _, today = evaluate_policy(PolicyActor(policy, "ddim", 2), TOY_TASK, seeds)
     actor = PolicyActor(policy, "ddim", 2, rtc_method="conditioned")
-    _, runs = evaluate_policy(actor, TOY_TASK, seeds, execution=ChunkExecution("rtc", 0))
+    execution = ChunkExecution("rtc", 0, blend_steps=3)
+    _, runs = evaluate_policy(actor, TOY_TASK, seeds, execution=execution)
+    assert any(len(a.actions) > 4 for a in runs)  # so later chunks got prefixes
     for a, b in zip(today, runs, strict=True):
         np.testing.assert_array_equal(np.stack(a.actions), np.stack(b.actions))
 
@@ -175,3 +190,27 @@ def test_dp_train_records_the_delay_and_dp_eval_runs_it_under_that_delay(tmp_pat
     )
     assert out["rtc_method"] == "conditioned" and out["latency_steps"] == 3
     assert out["errors"] == [] and out["mean_steps"] == 300
+    # a delay beyond the trained one, or a plain policy, is refused before any episode
+    with pytest.raises(ValueError, match=r"delay of 4 steps commits more rows .*train_max_delay=3"):
+        eval_script.main(
+            eval_script.Config(
+                checkpoint=tmp_path / "run", episodes=1, progress=False, latency_steps=4,
+                execution="rtc", rtc_method="conditioned",
+            )
+        )  # fmt: skip
+
+
+def test_resuming_a_plain_run_with_a_delay_is_refused(tmp_path):
+    data = tmp_path / "pusht.zarr"
+    collect.main(collect.Config(episodes=2, out=data, progress=False))
+    base = dict(
+        dataset=data, out=tmp_path / "run", down_dims=(16, 32, 64), diffusion_step_embed_dim=16,
+        batch_size=8, steps=2, warmup_steps=1, eval_every=-1, val_ratio=0.0, progress=False,
+    )  # fmt: skip
+    train.main(train.Config(**base))
+    recorded = tmp_path / "run" / "config.json"
+    rec = json.loads(recorded.read_text())
+    del rec["train_max_delay"]  # as a run made before the option wrote it
+    recorded.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="train_max_delay: 0 -> 2"):
+        train.main(train.Config(**base, train_max_delay=2))
