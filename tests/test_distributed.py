@@ -78,11 +78,14 @@ def assert_same(a: dict, b: dict, atol: float) -> None:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
-def test_two_processes_match_one_with_the_same_global_batch(dataset, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--train-max-delay", "3"]], ids=["plain", "delays"])
+def test_two_processes_match_one_with_the_same_global_batch(dataset, tmp_path, extra):
     # lr 1e-4: Adam turns float-rounding differences of near-zero gradient entries into
     # steps of up to ~lr, so 1e-5 separates rounding (measured 3e-6) from a wrong batch split
-    # (whole steps of ~1e-4 on most entries)
-    args = ["--dataset", dataset, *TOY, *SMALL, "--steps", "3", "--save-every", "3", "--lr", "1e-4"]
+    # (whole steps of ~1e-4 on most entries). With delays, each rank's chunks have their own
+    # committed rows: the loss must still average to the one-process loss.
+    args = ["--dataset", dataset, *TOY, *SMALL, "--steps", "3", "--save-every", "3", "--lr", "1e-4",
+            *extra]  # fmt: skip
     finish(torchrun([*args, "--out", tmp_path / "ddp"]))
     train.main(tyro.cli(train.Config, args=[*map(str, args), "--out", str(tmp_path / "one")]))
     two, one = weights(tmp_path / "ddp"), weights(tmp_path / "one")
