@@ -170,6 +170,12 @@ def test_training_time_adds_up_log_intervals_across_a_resume(tmp_path):
         (dict(latency_steps=3), "--latency-steps 3 > Ta = 2"),
         (dict(latency_steps=5, n_action_steps=4), "--latency-steps 5 > Ta = 4"),
         (dict(n_action_steps=0), "--n-action-steps must be >= 1"),
+        (dict(rtc_method="inpaint"), "--rtc-method inpaint needs --execution rtc"),
+        (dict(train_max_delay=-1), "--train-max-delay must be >= 0"),
+        (
+            dict(execution="rtc", latency_steps=2, rtc_method="conditioned", train_max_delay=1),
+            "needs --train-max-delay >= 2",
+        ),
         (dict(anchor_last_k=-1), "--anchor-last-k must be >= 0"),
         (dict(anchor_last_k=3), "--anchor-last-k 3 needs --train-steps"),
         (dict(anchor_last_k=3, train_steps=1000), "--train-steps 1000 is not a multiple"),
@@ -224,7 +230,7 @@ def test_quick_suite_with_transformer_anchor_metric_and_delayed_execution(tmp_pa
 
     md = (tmp_path / "leaderboard.md").read_text()
     assert "success, max / mean of last 2 ckpts" in md and "| boundary jerk | within jerk |" in md
-    assert "rtc execution, 1-step delay" in md
+    assert "rtc (guidance) execution, 1-step delay" in md
     lines = [line for line in md.splitlines() if line.startswith("| mse | **mean** |")]
     reward = means["mse"]["anchor"]["mean_max_reward"]
     assert f"| {reward['max']:.3f} / {reward['last_k_mean']:.3f} |" in lines[0]
@@ -348,3 +354,39 @@ def test_n_action_steps_reaches_training_only_when_set():
         assert pipeline.Suite(cfg).train_flags(method, 0)["n-action-steps"] == 4
     plain = pipeline.Suite(suite.Config(tasks=("toy_reach",))).train_flags("diffusion", 0)
     assert "n-action-steps" not in plain
+
+
+def test_conditioned_rtc_trains_with_delays_and_evaluates_with_them(tmp_path, one_thread):
+    """--train-max-delay reaches dp-train for the diffusion methods only; --rtc-method
+    conditioned evaluates their rows with it (recorded in results, settings and header), and a
+    later command with another rtc method is refused for the diffusion rows alone."""
+    register_task(TOY, overwrite=True)
+    cfg = suite.Config(tasks=("toy_reach",), methods=("diffusion", "mse"), execution="rtc",
+                       latency_steps=1, rtc_method="conditioned", train_max_delay=1)  # fmt: skip
+    plan = pipeline.Suite(cfg)
+    assert plan.train_flags("diffusion", 0)["train-max-delay"] == 1
+    assert "train-max-delay" not in plan.train_flags("mse", 0)
+    assert plan.execution_settings("diffusion")["rtc_method"] == "conditioned"
+    assert "rtc_method" not in plan.execution_settings("mse")  # mse always runs sync
+    plain = suite.Config(tasks=("toy_reach",), execution="rtc", latency_steps=1)
+    assert "rtc_method" not in pipeline.Suite(plain).execution_settings("diffusion")
+
+    extra = ["--methods", "diffusion", "mse", "--sweep", "--execution", "rtc", "--latency-steps",
+             "1", "--train-seeds", "0", "--train-max-delay", "1", "--rtc-method", "conditioned"]  # fmt: skip
+    first = run(tmp_path, *extra)
+    runs = tmp_path / "runs" / "toy_reach"
+    assert json.loads((runs / "diffusion/seed0/config.json").read_text())["train_max_delay"] == 1
+    assert json.loads((runs / "mse/seed0/config.json").read_text())["train_max_delay"] == 0
+    rows = {r["method"]: r for r in first["rows"]}
+    assert rows["diffusion"]["rtc_method"] == "conditioned" and rows["diffusion"]["latency_ms"] > 0
+    assert "rtc_method" not in rows["mse"]
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert board["header"]["execution"]["rtc_method"] == "conditioned"
+    assert "rtc (conditioned) execution" in (tmp_path / "leaderboard.md").read_text()
+
+    with pytest.raises(settings.SettingsMismatch) as refused:
+        run(tmp_path, *extra[:-2], "--rtc-method", "inpaint")
+    msg = str(refused.value)
+    assert 'rtc_method: "conditioned" -> "inpaint"' in msg
+    assert "toy_reach/diffusion/seed0: evaluate" in msg
+    assert "toy_reach/mse/seed0: evaluate" not in msg

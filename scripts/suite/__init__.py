@@ -31,7 +31,9 @@ transformer``), ``mse`` (the same UNet, data and conditioning regressing the chu
 
 --execution and --latency-steps evaluate the diffusion methods' rows (leaderboard, sweep,
 anchor) under an inference delay (envs/rollout.py ChunkExecution, as dp-eval's options of the
-same names); mse and the baselines always run without one. The delay d may not exceed the
+same names); mse and the baselines always run without one. Under rtc, --rtc-method chooses how
+the committed prefix is kept; "conditioned" needs the diffusion methods trained with
+--train-max-delay (dp-train's option of that name). The delay d may not exceed the
 policy's Ta: --n-action-steps sets Ta for every learned method (dp-train's flag of that name;
 its default 2 otherwise), so that delays beyond 2 steps can be measured.
 
@@ -40,7 +42,7 @@ written atomically: one that exists is complete). Each stage records the setting
 beside its output (<output>.settings.json, settings.py); a resumed stage whose recorded
 settings differ from this command's is refused, before any work, with the fields that differ,
 rather than its old results reused. The options added later (--execution, --latency-steps,
---anchor-last-k) enter a record only when they differ from their defaults, so a folder of an
+--rtc-method, --train-max-delay, --anchor-last-k) enter a record only when they differ from their defaults, so a folder of an
 older suite resumes unchanged. What each row measures:
 
 * success rate with its 95 % Wilson CI and the mean of per-episode maximum reward;
@@ -122,6 +124,13 @@ class Config:
     latency_steps: int = 0
     """Inference delay d in control steps of the diffusion methods' evaluations (dp-eval's
     --latency-steps); at most the policy's Ta."""
+    rtc_method: Literal["guidance", "inpaint", "conditioned"] = "guidance"
+    """How --execution rtc keeps the committed prefix (dp-eval's --rtc-method): guidance,
+    inpaint, or conditioned (the clean prefix in the network's input; needs
+    --train-max-delay >= --latency-steps)."""
+    train_max_delay: int = 0
+    """N > 0: the diffusion methods train with committed prefixes of up to N actions (dp-train's
+    --train-max-delay, training-time real-time chunking); mse trains without. 0: off."""
     n_action_steps: int | None = None
     """Ta of the learned methods (dp-train's --n-action-steps; None: its default,
     pipeline.TRAIN_ACTION_STEPS); must be >= --latency-steps."""
@@ -164,6 +173,16 @@ class Config:
             ChunkExecution(self.execution, self.latency_steps)
         except ValueError as e:
             raise ValueError(f"--execution / --latency-steps: {e}") from None
+        if self.rtc_method != "guidance" and self.execution != "rtc":
+            raise ValueError(f"--rtc-method {self.rtc_method} needs --execution rtc")
+        if self.train_max_delay < 0:
+            raise ValueError(f"--train-max-delay must be >= 0, got {self.train_max_delay}")
+        if self.rtc_method == "conditioned" and self.train_max_delay < self.latency_steps:
+            raise ValueError(
+                f"--rtc-method conditioned at --latency-steps {self.latency_steps} needs "
+                f"--train-max-delay >= {self.latency_steps} (got {self.train_max_delay}): the "
+                f"policy must have been trained with prefixes that long"
+            )
         if self.n_action_steps is not None and self.n_action_steps < 1:
             raise ValueError(f"--n-action-steps must be >= 1, got {self.n_action_steps}")
         ta = self.n_action_steps or TRAIN_ACTION_STEPS

@@ -5,8 +5,9 @@ row's sampler; a baseline through one call of its policy function.
 
 Under rtc execution a chunk is sampled with a prefix (its committed first d actions and the next
 soft-weighted ones; guidance costs one backward pass per denoising step), so its calls are
-timed with the prefix the rollout would pass after the first chunk: the first untimed call's
-own chunk as the target, with envs.rollout.rtc_prefix_weights."""
+timed with the prefix the rollout would pass after the first chunk, kept by the row's rtc
+method: the first untimed call's own chunk as the target, with
+envs.rollout.rtc_prefix_weights."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dplite.envs.baselines import make_baseline
 from dplite.envs.rollout import ChunkExecution, rtc_prefix_weights
 from dplite.envs.tasks import TaskSpec, flatten_obs, make_env, task_from_metadata
 from dplite.policy.diffusion import DiffusionPolicy
+from dplite.policy.samplers import PrefixMode
 from dplite.policy.timing import median_ms
 
 WARMUP_CALLS = 2
@@ -30,6 +32,7 @@ def policy_latency_ms(
     calls: int,
     noise_seed: int = 0,
     execution: ChunkExecution | None = None,
+    rtc_method: PrefixMode = "guidance",
 ) -> float:
     pcfg, device = policy.cfg, policy.device
     env = make_env(task_from_metadata(policy.metadata), obs_keys=list(pcfg.obs_shapes))
@@ -46,6 +49,8 @@ def policy_latency_ms(
     policy.eval()
     try:
         kwargs = rtc_prefix(policy, batch, sampler, k, gen, execution or ChunkExecution())
+        if kwargs:
+            kwargs["prefix_mode"] = rtc_method
         # median_ms synchronizes CUDA around each call: it times the work
         return median_ms(
             lambda: policy.predict_action(batch, sampler, k, generator=gen, **kwargs),

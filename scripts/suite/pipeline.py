@@ -210,13 +210,21 @@ class Suite:
             return ChunkExecution(self.cfg.execution, self.cfg.latency_steps)
         return ChunkExecution()
 
+    def rtc_method(self, method: str) -> str:
+        """How a method's rtc chunks keep their committed prefix: the suite's for the diffusion
+        methods (the others never run rtc)."""
+        return self.cfg.rtc_method if method in DIFFUSION else "guidance"
+
     def execution_settings(self, method: str) -> dict[str, Any]:
         """The execution fields of an evaluation's settings: none at the default (sync, no
-        delay), so the records of suites from before the options still match."""
+        delay, guidance), so the records of suites from before the options still match."""
         ex = self.execution(method)
         if ex == ChunkExecution():
             return {}
-        return {"execution": ex.mode, "latency_steps": ex.latency_steps}
+        fields = {"execution": ex.mode, "latency_steps": ex.latency_steps}
+        if ex.mode == "rtc" and self.rtc_method(method) != "guidance":
+            fields["rtc_method"] = self.rtc_method(method)
+        return fields
 
     def stages(self) -> list[Stage]:
         """Everything to do, in order: data before training before evaluation."""
@@ -322,6 +330,8 @@ class Suite:
             flags["steps"] = self.cfg.train_steps
         if self.cfg.n_action_steps is not None:  # only when set: older suites' records match
             flags["n-action-steps"] = self.cfg.n_action_steps
+        if self.cfg.train_max_delay and method in DIFFUSION:  # mse: no denoising to condition
+            flags["train-max-delay"] = self.cfg.train_max_delay
         flags.update(self.anchor_flags())
         if self.cfg.env_import:
             flags["env-import"] = list(self.cfg.env_import)
@@ -411,9 +421,9 @@ class Suite:
                     f"{self.cfg.anchor_last_k}"
                 )
         policy = DiffusionPolicy.from_pretrained(policy_dir, device=self.device)
-        actor = PolicyActor(policy, sampler_arg, k, noise_seed=NOISE_SEED)
+        execution, rtc_method = self.execution(method), self.rtc_method(method)
+        actor = PolicyActor(policy, sampler_arg, k, noise_seed=NOISE_SEED, rtc_method=rtc_method)
         spec = task_from_metadata(policy.metadata)
-        execution = self.execution(method)
         summary, _ = evaluate_policy(
             actor, spec, self.seeds, progress=self.cfg.progress, execution=execution
         )
@@ -425,6 +435,8 @@ class Suite:
             device=str(self.device),
             eval_time_s=summary["wall_time_s"],
         )
+        if execution.mode == "rtc":
+            summary["rtc_method"] = rtc_method
         if step is None:
             summary.update(
                 latency_ms=policy_latency_ms(
@@ -435,6 +447,7 @@ class Suite:
                     self.cfg.latency_calls,
                     NOISE_SEED,
                     execution,
+                    rtc_method,
                 ),
                 latency_calls=self.cfg.latency_calls,
                 **training_time(run),
