@@ -120,7 +120,7 @@ class Config:
     execution: Literal["sync", "async", "ensemble", "rtc"] = "sync"
     """Chunk execution of the diffusion methods' evaluations under --latency-steps (dp-eval's
     --execution): sync (the world waits), async, ensemble (ACT's temporal ensembling) or rtc
-    (real-time chunking, guidance). mse and the baselines always run sync."""
+    (real-time chunking, by --rtc-method). mse and the baselines always run sync."""
     latency_steps: int = 0
     """Inference delay d in control steps of the diffusion methods' evaluations (dp-eval's
     --latency-steps); at most the policy's Ta."""
