@@ -18,11 +18,13 @@ from dplite.policy.timing import interleaved_median_ms, median_ms
 # the reference PushT low-dim setting: keypoints (9, 2) + agent position, To = 2 -> cond 40
 OBS_SHAPES = {"keypoint": (9, 2), "agent_pos": (2,)}
 SIZES = {"65.8M": (256, 512, 1024), "5.4M": (64, 128, 256)}
-# the networks the inference section times: the UNet at both widths, and the reference's PushT
-# low-dim transformer (PolicyConfig's transformer defaults: 8 layers, 4 heads, 256 wide)
+# the networks the inference section times: the UNet at both widths, the reference's PushT
+# low-dim transformer (PolicyConfig's transformer defaults: 8 layers, 4 heads, 256 wide) and
+# the small one the project trains on CPU (4 layers, 128 wide; docs/transformer.md)
 NETWORKS = {
     **{name: {"down_dims": dims} for name, dims in SIZES.items()},
     "transformer 9.0M": {"backbone": "transformer"},
+    "transformer 1.2M": {"backbone": "transformer", "n_layer": 4, "n_emb": 128},
 }
 # batch 1 targets of the default sampler (trailing DDIM 5, within 0.02 of DDIM 10 on PushT)
 # and of the 1-step consistency student
