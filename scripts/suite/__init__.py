@@ -42,8 +42,8 @@ written atomically: one that exists is complete). Each stage records the setting
 beside its output (<output>.settings.json, settings.py); a resumed stage whose recorded
 settings differ from this command's is refused, before any work, with the fields that differ,
 rather than its old results reused. The options added later (--execution, --latency-steps,
---rtc-method, --train-max-delay, --anchor-last-k) enter a record only when they differ from their defaults, so a folder of an
-older suite resumes unchanged. What each row measures:
+--rtc-method, --train-max-delay, --anchor-last-k) enter a record only when they differ from
+their defaults, so a folder of an older suite resumes unchanged. What each row measures:
 
 * success rate with its 95 % Wilson CI and the mean of per-episode maximum reward;
 * with --anchor-last-k: the max and the mean of the last K checkpoints' success rates and

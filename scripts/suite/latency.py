@@ -48,9 +48,8 @@ def policy_latency_ms(
     was_training = policy.training
     policy.eval()
     try:
-        kwargs = rtc_prefix(policy, batch, sampler, k, gen, execution or ChunkExecution())
-        if kwargs:
-            kwargs["prefix_mode"] = rtc_method
+        execution = execution or ChunkExecution()
+        kwargs = rtc_prefix(policy, batch, sampler, k, gen, execution, rtc_method)
         # median_ms synchronizes CUDA around each call: it times the work
         return median_ms(
             lambda: policy.predict_action(batch, sampler, k, generator=gen, **kwargs),
@@ -68,9 +67,11 @@ def rtc_prefix(
     k: int | None,
     gen: torch.Generator,
     execution: ChunkExecution,
+    rtc_method: PrefixMode = "guidance",
 ) -> dict:
     """predict_action's prefix arguments of an rtc chunk after the first ({} otherwise), as
-    PolicyActor passes them: To - 1 free rows, d frozen, then up to `blend` soft ones."""
+    PolicyActor passes them: To - 1 free rows, d frozen, then up to `blend` soft ones, kept by
+    `rtc_method`."""
     pcfg, d = policy.cfg, execution.delay
     if execution.mode != "rtc":
         return {}
@@ -82,7 +83,11 @@ def rtc_prefix(
     with torch.no_grad():
         chunk = policy.predict_action(batch, sampler, k, generator=gen)["action_pred"]
     weights = np.concatenate([np.zeros(skip, np.float32), rtc_prefix_weights(d, soft)])
-    return {"prefix": chunk[:, : skip + d + soft], "prefix_weights": weights}  # (1, P, Da), (P,)
+    return {
+        "prefix": chunk[:, : skip + d + soft],  # (1, P, Da)
+        "prefix_weights": weights,  # (P,)
+        "prefix_mode": rtc_method,
+    }
 
 
 def baseline_latency_ms(method: str, spec: TaskSpec, seed: int, calls: int) -> float:

@@ -47,6 +47,7 @@ from dplite.policy.actor import PolicyActor
 from dplite.policy.checkpoint import atomic_write, find_policy_dir
 from dplite.policy.device import resolve_device
 from dplite.policy.diffusion import DiffusionPolicy
+from dplite.policy.samplers import PrefixMode
 from dplite.scripts.suite.latency import baseline_latency_ms, policy_latency_ms
 from dplite.scripts.suite.report import training_time
 from dplite.scripts.suite.settings import Stage
@@ -210,7 +211,7 @@ class Suite:
             return ChunkExecution(self.cfg.execution, self.cfg.latency_steps)
         return ChunkExecution()
 
-    def rtc_method(self, method: str) -> str:
+    def rtc_method(self, method: str) -> PrefixMode:
         """How a method's rtc chunks keep their committed prefix: the suite's for the diffusion
         methods (the others never run rtc)."""
         return self.cfg.rtc_method if method in DIFFUSION else "guidance"

@@ -169,7 +169,7 @@ def samplers(suite: Suite, noise_seed: int) -> dict[str, str]:
     cfg, ex = suite.cfg, suite.execution("diffusion")
     diffusion = f"DDIM k={cfg.inference_steps}, noise seed {noise_seed}"
     if ex != ChunkExecution():
-        mode = f"rtc ({cfg.rtc_method})" if ex.mode == "rtc" else ex.mode
+        mode = f"rtc ({suite.rtc_method('diffusion')})" if ex.mode == "rtc" else ex.mode
         diffusion += f", {mode} execution, {ex.latency_steps}-step delay"
     text = {
         "diffusion": diffusion,
@@ -200,7 +200,7 @@ def header(suite: Suite, noise_seed: int) -> dict[str, Any]:
     if ex != ChunkExecution():
         head["execution"] = ex.record()  # of the diffusion methods' rows
         if ex.mode == "rtc":
-            head["execution"]["rtc_method"] = cfg.rtc_method
+            head["execution"]["rtc_method"] = suite.rtc_method("diffusion")
     if suite.anchor_steps() and suite.learned():
         head["anchor"] = {"last_k": cfg.anchor_last_k, "checkpoint_steps": suite.anchor_steps()}
     return head
