@@ -189,6 +189,29 @@ def test_lift_cameras_and_video_frames_are_upright():
 
 
 @needs_robosuite
+def test_fast_render_draws_the_same_scene_on_rebuilt_models():
+    """fast_render (no shadows, reflections or multisampling) against robosuite's own rendering
+    of the same episode: the same picture up to those effects, also after a second hard reset
+    (a rebuilt model and render context, set up through the wrapped _initialize_sim)."""
+    from dplite.envs.robosuite_tasks import IMAGE_KEYS, RobosuiteEnv
+
+    envs = {fast: RobosuiteEnv("Lift", obs_mode="image", fast_render=fast) for fast in (1, 0)}
+    try:
+        for seed in (3, 4):
+            obs = {fast: env.reset(seed=seed)[0] for fast, env in envs.items()}
+            for key in IMAGE_KEYS:
+                fast, slow = (obs[f][key].astype(float) for f in (1, 0))
+                np.testing.assert_array_equal(obs[1]["object"], obs[0]["object"])
+                assert slow.std() > 5 and np.abs(fast - slow).mean() < 4.0, (seed, key)
+            models = {f: env.rs.sim.model._model for f, env in envs.items()}
+            assert models[1].vis.quality.offsamples == 0 and models[1].vis.global_.offwidth == 84
+            assert models[0].vis.quality.offsamples > 0  # robosuite's own settings untouched
+    finally:
+        for env in envs.values():
+            env.close()
+
+
+@needs_robosuite
 @pytest.mark.parametrize("name", ["robosuite-can", "robosuite-square"])
 def test_object_to_hand_is_set_at_reset(name):
     """robosuite's first observation reports the object-to-hand entries as zeros; the env
