@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from dplite.data.interop import InteropError
-from dplite.data.lerobot import default_key, export_lerobot, import_lerobot
+from dplite.data.lerobot import _VideoCursor, default_key, export_lerobot, import_lerobot
 from dplite.data.replay_buffer import ReplayBuffer
 from dplite.envs.collect import dataset_attrs
 from dplite.envs.tasks import get_task
@@ -236,6 +236,24 @@ def test_v30_import_values_boundaries_frames_and_metadata(tmp_path):
     summary = import_lerobot(src, tmp_path / "out.zarr")
     assert summary["episodes"] == 3 and summary["frames"] == 15
     _check_import(tmp_path / "out.zarr", eps, "v3.0")
+
+
+@pytest.mark.parametrize("h, w", [(84, 84), (H, W)])
+@pytest.mark.parametrize("threads", [True, False])
+def test_decoded_frames_are_pyavs_default_conversion(tmp_path, h, w, threads):
+    """The import's decoder (its own threads or one, swscale's fast-bilinear flag) hands out
+    exactly the pixels of PyAV's default decode and RGB conversion, frame for frame."""
+    frames = np.stack([frame(1, t, h, w) for t in range(12)])
+    path = tmp_path / "v.mp4"
+    encode(path, frames)
+    with av.open(str(path)) as c:
+        oracle = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    cursor = _VideoCursor(path, "cam", av, threads)
+    try:
+        got = cursor.read(np.arange(12) / FPS, tol=0.5 / FPS, episode="0")
+    finally:
+        cursor.close()
+    np.testing.assert_array_equal(got, oracle)
 
 
 def test_v21_import(tmp_path):
