@@ -57,11 +57,20 @@ def evaluate_policy(
     n_videos: int = 0,
     progress: bool = False,
     execution: ChunkExecution | None = None,
+    max_envs: int | None = None,
 ) -> tuple[dict, list[EpisodeResult]]:
     """Roll the actor out on each seed, all episodes batched; returns (record, per-episode
     results). The actor is closed at the end. The first ``n_videos`` episodes keep frames.
-    ``execution``: the inference delay and execution mode (default: sync, no delay)."""
+    ``execution``: the inference delay and execution mode (default: sync, no delay).
+    ``max_envs``: at most this many environments at once (the seeds run in groups of that
+    size, one after the other), for environments too big to hold one per episode, such as
+    robosuite's with their offscreen renderers; the actor draws its noise per episode seed, so
+    the results do not depend on the grouping."""
     execution = execution or ChunkExecution()
+    if max_envs is not None and max_envs < 1:
+        raise ValueError(f"max_envs must be >= 1 or None, got {max_envs}")
+    seeds = list(seeds)
+    group = max_envs or max(len(seeds), 1)
     try:
         if actor.obs_shapes is not None:
             what = f"the policy ({actor.info.get('sampler', 'actor')})"
@@ -75,18 +84,20 @@ def evaluate_policy(
         with tqdm(
             total=len(seeds) * (limit or 1000), unit="step", disable=not progress, leave=False
         ) as bar:
-            results = rollout(
-                actor,
-                lambda render: make_env(spec, obs_keys=keys, render=render),
-                list(seeds),
-                actor.n_obs_steps,
-                actor.n_action_steps,
-                n_videos=n_videos,
-                progress=bar.update,
-                success_key=spec.success_key,
-                execution=execution,
-                outcome_key=spec.outcome_key,
-            )
+            results = []
+            for first in range(0, len(seeds), group):
+                results += rollout(
+                    actor,
+                    lambda render: make_env(spec, obs_keys=keys, render=render),
+                    seeds[first : first + group],
+                    actor.n_obs_steps,
+                    actor.n_action_steps,
+                    n_videos=max(0, n_videos - first),
+                    progress=bar.update,
+                    success_key=spec.success_key,
+                    execution=execution,
+                    outcome_key=spec.outcome_key,
+                )
     finally:
         actor.close()
     record = summarize(results)

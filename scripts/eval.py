@@ -93,6 +93,10 @@ class Config:
     batches on CPUs with native bf16; chunks within about 1 % of the action range)."""
     progress: bool = True
     """Show a progress bar."""
+    max_envs: int | None = None
+    """At most this many environments at once (default: one per episode, all batched). The
+    episodes run in groups of this size; set it where each environment is large, such as
+    robosuite's with cameras (an offscreen renderer each). Results do not depend on it."""
     latency_steps: int = 0
     """Inference delay d in control steps: the chunk planned from the observation at step t
     acts from step t + d; until then the previous chunk keeps executing. At most Ta."""
@@ -118,6 +122,8 @@ class Config:
             raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
         if self.videos < 0:
             raise ValueError(f"--videos must be >= 0, got {self.videos}")
+        if self.max_envs is not None and self.max_envs < 1:
+            raise ValueError(f"--max-envs must be >= 1, got {self.max_envs}")
         if self.noise_seeds < 1:
             raise ValueError(f"--noise-seeds must be >= 1, got {self.noise_seeds}")
         if not self.max_guidance > 0:
@@ -164,6 +170,7 @@ def main(cfg: Config) -> dict:
             n_videos=cfg.videos if noise_seed == cfg.seed else 0,
             progress=cfg.progress,
             execution=cfg.chunk_execution,
+            max_envs=cfg.max_envs,
         )
         for noise_seed in noise_seeds
     ]

@@ -95,3 +95,36 @@ def test_the_expert_is_built_on_its_episodes_own_env():
 
     evaluate_policy(ExpertPolicy(factory), TOY, SEEDS[:3])
     assert seen == SEEDS[:3]
+
+
+def test_max_envs_runs_the_seeds_in_groups_with_the_same_episodes(monkeypatch):
+    """evaluate_policy(max_envs=3) never holds more than 3 environments, and returns the
+    episodes of the all-at-once rollout: same steps, rewards and actions, videos for the first
+    n_videos episodes of the whole list."""
+    from dplite.envs import evaluate as evaluate_module
+    from dplite.envs.evaluate import evaluate_policy
+
+    make_env, alive, most = evaluate_module.make_env, set(), [0]
+
+    def counted_make_env(*args, **kwargs):
+        env = make_env(*args, **kwargs)
+        alive.add(env)
+        most[0] = max(most[0], len(alive))
+        close = env.close
+        env.close = lambda: (alive.discard(env), close())[1]
+        return env
+
+    monkeypatch.setattr(evaluate_module, "make_env", counted_make_env)
+    seeds = SEEDS[:7]
+    _, together = evaluate_policy(make_baseline("random", TOY), TOY, seeds, n_videos=4)
+    assert most[0] >= 7
+    most[0] = 0
+    _, grouped = evaluate_policy(make_baseline("random", TOY), TOY, seeds, n_videos=4, max_envs=3)
+    assert most[0] <= 3
+    assert [r.seed for r in grouped] == seeds
+    for a, b in zip(together, grouped, strict=True):
+        assert (a.steps, a.success, a.final_reward) == (b.steps, b.success, b.final_reward)
+        np.testing.assert_array_equal(np.array(a.actions), np.array(b.actions))
+    assert [len(r.frames) > 0 for r in grouped] == [True] * 4 + [False] * 3
+    with pytest.raises(ValueError, match="max_envs must be >= 1"):
+        evaluate_policy(make_baseline("random", TOY), TOY, seeds, max_envs=0)
