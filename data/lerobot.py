@@ -861,6 +861,26 @@ def _tasks_table(pa: Any, tasks: list[str]) -> Any:
     return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
 
 
+def _episodes_in_blocks(
+    rb: ReplayBuffer, block_bytes: int = 64 << 20
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(i, episode i) for every episode, read as runs of whole episodes of about block_bytes
+    (at least one episode): one read per key and run instead of one per key and episode."""
+    step_bytes = sum(rb.zarr_array(k).nbytes // max(rb.n_steps, 1) for k in rb.keys)
+    starts, ends = rb.episode_starts, rb.episode_ends
+    first = 0
+    while first < rb.n_episodes:
+        last = first + 1  # episodes first..last-1 make up this block
+        while last < rb.n_episodes and (ends[last] - starts[first]) * step_bytes <= block_bytes:
+            last += 1
+        lo, hi = int(starts[first]), int(ends[last - 1])
+        block = {k: np.asarray(rb[k][lo:hi]) for k in rb.keys}
+        for i in range(first, last):
+            a, b = int(starts[i]) - lo, int(ends[i]) - lo
+            yield i, {k: v[a:b] for k, v in block.items()}
+        first = last
+
+
 def _export_fps(attrs: Mapping[str, Any], fps: float | None, src: Any) -> int:
     if fps is None:  # an imported LeRobot dataset's rate, else the recorded task's
         fps = attrs.get("lerobot", {}).get("fps") or attrs.get("env", {}).get("control_hz")
@@ -961,9 +981,12 @@ def export_lerobot(
         }
         stats: dict[str, _Stats] = {}
         pq_writer, path, chunk, file, rows = None, None, 0, -1, []
+        # one encoder thread per camera: PyAV encodes without holding the GIL, and the
+        # statistics below are computed meanwhile
+        pool = ThreadPoolExecutor(max_workers=max(1, len(video_keys)))
         try:
-            for i in range(rb.n_episodes):
-                ep = rb.get_episode(i)
+            for i, ep in _episodes_in_blocks(rb):
+                encoded = {k: pool.submit(writers[k].add_episode, ep[k]) for k in video_keys}
                 n = len(ep[rb.keys[0]])
                 start = int(rb.episode_starts[i])
                 frame_index = np.arange(n, dtype=np.int64)
@@ -998,8 +1021,6 @@ def export_lerobot(
                     "dataset_from_index": start,
                     "dataset_to_index": start + n,
                 }
-                for k in video_keys:
-                    row.update(writers[k].add_episode(ep[k]))
                 values = {names[k]: (ep[k], shapes[k], k in video_keys) for k in rb.keys}
                 values.update({k: (v, (1,), False) for k, v in defaults.items()})
                 for feat, (v, shape, image) in values.items():
@@ -1010,11 +1031,14 @@ def export_lerobot(
                         stats[feat].merge(s)
                     else:
                         stats[feat] = s
+                for k in video_keys:
+                    row.update(encoded[k].result())  # raises the encoder's error
                 row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
                 rows.append(row)
                 if on_episode is not None:
                     on_episode(i, n)
         finally:
+            pool.shutdown()
             if pq_writer is not None:
                 pq_writer.close()
             for w in writers.values():

@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 
 from dplite.data.interop import InteropError
-from dplite.data.lerobot import _VideoCursor, default_key, export_lerobot, import_lerobot
+from dplite.data.lerobot import (
+    _episodes_in_blocks,
+    _VideoCursor,
+    default_key,
+    export_lerobot,
+    import_lerobot,
+)
 from dplite.data.replay_buffer import ReplayBuffer
 from dplite.envs.collect import dataset_attrs
 from dplite.envs.tasks import get_task
@@ -401,6 +407,19 @@ def make_zarr(path, lengths=(7, 5, 9), size=84, attrs=None, seed=0):
             "wrist_img": np.stack([frame(e, t, size, size, cam=1) for t in range(n)]),
         }, episode_meta={"seed": 100 + e})  # fmt: skip
     return rb
+
+
+@pytest.mark.parametrize("block_bytes", [1, 600_000, 10**9])
+def test_export_reads_episodes_in_blocks_that_equal_each_episode(tmp_path, block_bytes):
+    """One episode per block, blocks of a few episodes that end mid-dataset, one block."""
+    rb = make_zarr(tmp_path / "d.zarr", lengths=(7, 5, 9, 3, 6))
+    got = list(_episodes_in_blocks(rb, block_bytes))
+    assert [i for i, _ in got] == list(range(5))
+    for i, ep in got:
+        want = rb.get_episode(i)
+        assert sorted(ep) == sorted(want)
+        for k in want:
+            np.testing.assert_array_equal(ep[k], want[k])
 
 
 def test_export_then_import_returns_the_same_arrays(tmp_path):
