@@ -29,7 +29,7 @@ distributions and success checks, behind the project's observation dict:
 * ``fast_render`` (on by default): the offscreen context renders without shadows, reflections
   or multisampling, into a buffer the size of the largest image asked for (robosuite's is
   640 x 480 with 4 samples). With software OpenGL (EGL on Mesa's llvmpipe) this takes a Lift
-  step with both 84 px cameras from about 7 to about 31 steps/s; the images lose the table's
+  step with both 84 px cameras from about 7 to about 25 steps/s; the images lose the table's
   reflection and the shadows, and edges are not antialiased. ``fast_render=False`` renders as
   robosuite does.
 
