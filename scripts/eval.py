@@ -11,6 +11,8 @@ override it. Seeds start at envs.EVAL_SEED_START, disjoint from the demonstratio
 Prints a table and writes the metrics as JSON (episodes that their environment cut short by an
 error are listed under "errors", counted as failures). --noise-seeds N repeats the episodes with
 N sampler-noise seeds and pools them, for rates finer than one 50-episode run resolves.
+--max-envs N keeps at most N environments at once (the episodes run in groups; the results are
+the same), for environments too large to make one per episode (robosuite's with cameras).
 --backend onnx evaluates the denoiser with ONNX Runtime on the CPU (the "onnx" extra;
 DiffusionPolicy.use_backend), the eager chunks to float rounding; --backend bf16 under
 bfloat16 autocast (chunks within about 1 % of the action range of eager ones).
